@@ -1,0 +1,253 @@
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** The REST types of jupyter_docker_env/openapi.yaml. */
+export namespace DockerEnv {
+  export type EnvState =
+    'not_built' | 'building' | 'built' | 'failed' | 'outdated';
+  export type EnvKind = 'spec' | 'requirements' | 'environment' | 'dockerfile';
+  export type JobKind = 'build' | 'push' | 'pull';
+  export type JobState =
+    'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+  export interface IStatus {
+    version: string;
+    engine: {
+      available: boolean;
+      host?: string | null;
+      version?: string | null;
+      api_version?: string | null;
+      /** Why the engine is unavailable and what to do. */
+      reason?: string | null;
+    };
+    gpu: {
+      available: boolean;
+      runtimes?: string[];
+      reason?: string | null;
+    };
+    /** Base images users may pick; empty means any. */
+    allowed_bases: string[];
+    default_base: string;
+    registry: string | null;
+  }
+
+  /** The keys of docker-env.toml. */
+  export interface ISpec {
+    name?: string;
+    base?: string;
+    pip?: string[];
+    apt?: string[];
+    conda?: string[];
+    gpu?: boolean;
+    env?: { [key: string]: string };
+    requirements?: string;
+    environment?: string;
+  }
+
+  export interface IEnvCreate extends ISpec {
+    /** A requirements.txt, environment.yml or Dockerfile in the workspace. */
+    from_path?: string;
+  }
+
+  export interface IImage {
+    id: string;
+    tag: string;
+    size?: number;
+    created?: string;
+    digest?: string | null;
+  }
+
+  export interface IJob {
+    id: string;
+    env: string;
+    kind: JobKind;
+    state: JobState;
+    step?: number;
+    total_steps?: number;
+    progress?: number;
+    /** Log lines from the requested offset. */
+    log: string[];
+    /** The offset to ask for next. */
+    log_offset: number;
+    error?: string | null;
+    failed_step?: string | null;
+    image?: string | null;
+    built?: boolean | null;
+    pulled?: boolean | null;
+    started?: number | null;
+    finished?: number | null;
+  }
+
+  export interface IEnv {
+    name: string;
+    display_name?: string;
+    path: string;
+    kind: EnvKind;
+    readonly: boolean;
+    base: string | null;
+    pip?: string[];
+    apt?: string[];
+    conda?: string[];
+    gpu: boolean;
+    env?: { [key: string]: string };
+    state: EnvState;
+    /** Why the spec is invalid, when it is. */
+    error?: string | null;
+    spec_hash: string | null;
+    kernel_name: string;
+    image?: IImage | null;
+    lock?: { [manager: string]: string[] } | null;
+    /** The running or last job. */
+    job?: IJob | null;
+    registry?: { image?: string; available?: boolean | null } | null;
+  }
+
+  export interface IBuildOptions {
+    /** Rebuild every layer (refreshes unpinned packages). */
+    no_cache?: boolean;
+    /** Install the exact versions of the lock file. */
+    from_lock?: boolean;
+    /** Try the registry before building. */
+    pull?: boolean;
+  }
+
+  export function isActive(job: IJob | null | undefined): boolean {
+    return !!job && (job.state === 'queued' || job.state === 'running');
+  }
+}
+
+/** An error answered by the server: its `message`, and the spec `field` at fault if any. */
+export class DockerEnvAPIError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly field: string | null = null
+  ) {
+    super(message);
+    this.name = 'DockerEnvAPIError';
+  }
+}
+
+/** One method per endpoint of the jupyter-docker-env REST API. */
+export class DockerEnvAPI {
+  constructor(
+    readonly serverSettings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  status(): Promise<DockerEnv.IStatus> {
+    return this.requestAPI('status');
+  }
+
+  async listEnvs(): Promise<DockerEnv.IEnv[]> {
+    const reply = await this.requestAPI<{ envs: DockerEnv.IEnv[] }>('envs');
+    return reply.envs;
+  }
+
+  getEnv(name: string): Promise<DockerEnv.IEnv> {
+    return this.requestAPI(envPath(name));
+  }
+
+  createEnv(spec: DockerEnv.IEnvCreate): Promise<DockerEnv.IEnv> {
+    return this.requestAPI('envs', 'POST', spec);
+  }
+
+  updateEnv(name: string, spec: DockerEnv.ISpec): Promise<DockerEnv.IEnv> {
+    return this.requestAPI(envPath(name), 'PUT', spec);
+  }
+
+  async deleteEnv(name: string): Promise<void> {
+    await this.requestAPI(envPath(name), 'DELETE');
+  }
+
+  startBuild(
+    name: string,
+    options: DockerEnv.IBuildOptions = {}
+  ): Promise<DockerEnv.IJob> {
+    return this.requestAPI(`${envPath(name)}/builds`, 'POST', options);
+  }
+
+  getJob(id: string, offset = 0): Promise<DockerEnv.IJob> {
+    return this.requestAPI(`${jobPath(id)}?offset=${offset}`);
+  }
+
+  cancelJob(id: string): Promise<DockerEnv.IJob> {
+    return this.requestAPI(jobPath(id), 'DELETE');
+  }
+
+  push(name: string): Promise<DockerEnv.IJob> {
+    return this.requestAPI(`${envPath(name)}/push`, 'POST');
+  }
+
+  pull(name: string): Promise<DockerEnv.IJob> {
+    return this.requestAPI(`${envPath(name)}/pull`, 'POST');
+  }
+
+  /** Calls `{baseUrl}jupyter-docker-env/api/{endpoint}` and answers its JSON body. */
+  private async requestAPI<T>(
+    endpoint: string,
+    method = 'GET',
+    body?: unknown
+  ): Promise<T> {
+    const url = URLExt.join(
+      this.serverSettings.baseUrl,
+      'jupyter-docker-env/api',
+      endpoint
+    );
+    const init: RequestInit = { method };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers = { 'Content-Type': 'application/json' };
+    }
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(
+        url,
+        init,
+        this.serverSettings
+      );
+    } catch (error) {
+      throw new DockerEnvAPIError(
+        `Cannot reach the Jupyter server: ${String(error)}`,
+        0
+      );
+    }
+    const text = await response.text();
+    let data: any = null;
+    if (text) {
+      try {
+        data = JSON.parse(text);
+      } catch {
+        data = null;
+      }
+    }
+    if (!response.ok) {
+      if (data && typeof data.message === 'string' && data.message) {
+        throw new DockerEnvAPIError(
+          data.message,
+          response.status,
+          data.field ?? null
+        );
+      }
+      if (response.status === 404 && endpoint === 'status') {
+        throw new DockerEnvAPIError(
+          'The jupyter-docker-env server extension is not reachable. ' +
+            'Check that it is installed and enabled (`jupyter server extension list`), then restart Jupyter.',
+          404
+        );
+      }
+      throw new DockerEnvAPIError(
+        `${method} ${endpoint} failed: ${response.status} ${response.statusText}`,
+        response.status
+      );
+    }
+    return data as T;
+  }
+}
+
+function envPath(name: string): string {
+  return `envs/${encodeURIComponent(name)}`;
+}
+
+function jobPath(id: string): string {
+  return `builds/${encodeURIComponent(id)}`;
+}

@@ -1,0 +1,73 @@
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { ICommandPalette } from '@jupyterlab/apputils';
+import { ILauncher } from '@jupyterlab/launcher';
+
+import { DockerEnv, DockerEnvAPI } from './api';
+import { dockerEnvIcon } from './icon';
+import { DockerEnvPanel, PANEL_ID } from './panel';
+
+export { DockerEnv, DockerEnvAPI, DockerEnvAPIError } from './api';
+
+const OPEN_COMMAND = 'docker-env:open';
+
+/** Runs a command of another plugin, saying which plugin is missing when it is. */
+async function execute(
+  app: JupyterFrontEnd,
+  command: string,
+  args: { [key: string]: any }
+): Promise<void> {
+  if (!app.commands.hasCommand(command)) {
+    throw new Error(
+      `JupyterLab has no command ${command}: is its plugin disabled?`
+    );
+  }
+  await app.commands.execute(command, args);
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: 'jupyter-docker-env:plugin',
+  description:
+    'A sidebar panel that builds Docker environments and opens notebooks whose kernels run in them.',
+  autoStart: true,
+  optional: [ILayoutRestorer, ICommandPalette, ILauncher],
+  activate: (
+    app: JupyterFrontEnd,
+    restorer: ILayoutRestorer | null,
+    palette: ICommandPalette | null,
+    launcher: ILauncher | null
+  ) => {
+    const api = new DockerEnvAPI(app.serviceManager.serverSettings);
+    const panel = new DockerEnvPanel(api, {
+      openNotebook: (env: DockerEnv.IEnv) =>
+        execute(app, 'notebook:create-new', { kernelName: env.kernel_name }),
+      openConsole: (env: DockerEnv.IEnv) =>
+        execute(app, 'console:create', {
+          kernelPreference: { name: env.kernel_name }
+        }),
+      refreshKernelSpecs: () => app.serviceManager.kernelspecs.refreshSpecs()
+    });
+    app.shell.add(panel, 'left', { rank: 600 });
+    if (restorer) {
+      restorer.add(panel, PANEL_ID);
+    }
+
+    app.commands.addCommand(OPEN_COMMAND, {
+      label: 'Docker Environments',
+      caption: 'Build Docker environments and run notebooks in them',
+      icon: args => (args['isPalette'] ? undefined : dockerEnvIcon),
+      execute: () => app.shell.activateById(PANEL_ID)
+    });
+    if (palette) {
+      palette.addItem({ command: OPEN_COMMAND, category: 'Docker' });
+    }
+    if (launcher) {
+      launcher.add({ command: OPEN_COMMAND, category: 'Other', rank: 10 });
+    }
+  }
+};
+
+export default plugin;
