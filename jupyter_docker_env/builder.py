@@ -123,8 +123,18 @@ class Builder:
         return f"{self.settings.registry.rstrip('/')}/{plan.spec.name}:{tag or plan.short_hash}"
 
     # -- planning --------------------------------------------------------------------------
-    def plan(self, folder: Path, job: Job | None = None, from_lock: bool = False) -> Plan:
-        """Validate the folder and compute its content hash; pulls the base when missing."""
+    def plan(
+        self,
+        folder: Path,
+        job: Job | None = None,
+        from_lock: bool = False,
+        resolve_base: bool = True,
+    ) -> Plan:
+        """Validate the folder and compute its content hash.
+
+        A missing base image is pulled, unless ``resolve_base`` is False: then the hash is ""
+        (unknown until the base is there).
+        """
         spec = load(folder, self.settings.default_base)
         check_base_allowed(spec, list(self.settings.allowed_bases))
         if from_lock:
@@ -145,12 +155,16 @@ class Builder:
                 f"{folder} has both {SPEC_FILE} and a hand-written Dockerfile; remove one "
                 "(a Dockerfile is used as is when there is no spec)",
             )
-        base_id = self._base_id(spec, job)
+        if resolve_base:
+            base_id = self._base_id(spec, job)
+        else:
+            found = self.engine.inspect_image(spec.base or "")
+            base_id = str(found["Id"]) if found else ""
         files = {f: (folder / f).read_bytes() for f in dockerfile.input_files(spec)}
         return Plan(
             folder,
             spec,
-            spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, files),
+            spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, files) if base_id else "",
             dockerfile.render(spec, folder),
             dockerfile.dockerignore(spec),
         )
@@ -368,6 +382,14 @@ class Builder:
         image = self.find_image(ref)
         assert image is not None
         return image
+
+    def pull_env(self, folder: Path, job: Job) -> dict[str, Any]:
+        """Pull the environment's image from the registry instead of building it."""
+        try:
+            plan = self.plan(folder, job)
+        except SpecError as exc:
+            raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
+        return self._finish(plan, self.pull(plan, job), built=False, pulled=True, job=job)
 
     def push(self, folder: Path, job: Job) -> dict[str, Any]:
         plan = self.plan(folder, job)

@@ -162,19 +162,25 @@ class Engine:
     def pull(self, ref: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         """Pull, yielding the engine's progress messages; raise on failure."""
         repo, _, tag = _split_tag(ref)
-        stream = self._call(
-            self.client.api.pull, repo, tag=tag or "latest", stream=True, decode=True,
-            auth_config=auth,
-        )
-        yield from _raise_on_error(stream, RegistryError)
+        try:
+            stream = self._call(
+                self.client.api.pull, repo, tag=tag or "latest", stream=True, decode=True,
+                auth_config=auth,
+            )
+            yield from _raise_on_error(stream, RegistryError)
+        except docker.errors.APIError as exc:
+            raise RegistryError(str(exc.explanation or exc)) from exc
 
     def push(self, ref: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
         repo, _, tag = _split_tag(ref)
-        stream = self._call(
-            self.client.api.push, repo, tag=tag or "latest", stream=True, decode=True,
-            auth_config=auth,
-        )
-        yield from _raise_on_error(stream, RegistryError)
+        try:
+            stream = self._call(
+                self.client.api.push, repo, tag=tag or "latest", stream=True, decode=True,
+                auth_config=auth,
+            )
+            yield from _raise_on_error(stream, RegistryError)
+        except docker.errors.APIError as exc:
+            raise RegistryError(str(exc.explanation or exc)) from exc
 
     def registry_digest(self, ref: str, auth: dict[str, str] | None = None) -> str | None:
         """The registry's manifest digest of ``ref``, or None when the registry lacks it."""
@@ -300,6 +306,22 @@ class Engine:
     def containers(self, labels: dict[str, str | None]) -> list[dict[str, Any]]:
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
         return list(self._call(self.client.api.containers, all=True, filters={"label": filters}))
+
+    # -- kernels (used by the provisioner) -----------------------------------------------
+    def system_info(self) -> dict[str, Any]:
+        """The engine's raw ``docker info`` (OS, security options, runtimes)."""
+        return self._call(self.client.api.info)  # type: ignore[no-any-return]
+
+    def put_archive(self, container_id: str, path: str, data: bytes) -> None:
+        """Unpack a tar archive into a (created or running) container; owners come from it."""
+        self._call(self.client.api.put_archive, container_id, path, data)
+
+    def container_logs(self, container_id: str, tail: int = 20) -> str:
+        try:
+            out = self._call(self.client.api.logs, container_id, tail=tail)
+        except docker.errors.NotFound:
+            return ""
+        return bytes(out).decode(errors="replace")
 
 
 def context_names(folder: str, patterns: list[str]) -> set[str]:

@@ -1,0 +1,54 @@
+# Two commands for a newcomer: `make lab` and `make test`. Everything else is what they use.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON ?= python3
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+FRONTEND := $(wildcard labextension/src/*) labextension/package.json labextension/yarn.lock
+
+.PHONY: lab test docker install lint pytest browser clean bench
+
+## install: a virtualenv with the package (editable, frontend built) and the dev tools
+install: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml $(FRONTEND) ui-tests/package.json
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/jupyter server extension enable --sys-prefix jupyter_docker_env >/dev/null
+	cd ui-tests && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## docker: a Docker engine, a registry on 127.0.0.1:5000 and a base image; prints its reference last
+docker:
+	@bash scripts/docker-up.sh
+
+## browser: Debian's Chromium for the UI tests
+browser:
+	@command -v chromium >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] || { echo "Install chromium (sudo apt-get install -y chromium)"; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+## lint: ruff, mypy, eslint, prettier and tsc
+lint: install
+	$(BIN)/ruff check jupyter_docker_env tests benchmarks
+	$(BIN)/ruff format --check jupyter_docker_env tests benchmarks
+	$(BIN)/mypy
+	cd labextension && ../$(BIN)/jlpm lint:check
+
+## test: lint, then every test against the real engine and a real browser
+test: install lint browser
+	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) $(BIN)/pytest $(PYTEST_ARGS)
+
+## lab: JupyterLab on a workspace with an example environment on the local base image
+lab: install
+	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) bash scripts/lab.sh
+
+bench: install
+	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) && export JDE_BASE_IMAGE && \
+	$(BIN)/python benchmarks/build_cache.py && $(BIN)/python benchmarks/kernel_start.py
+
+clean:
+	rm -rf $(VENV) jupyter_docker_env/labextension labextension/lib labextension/node_modules \
+	  ui-tests/node_modules .lab-workspace
