@@ -1,5 +1,10 @@
 import { Dialog, showDialog } from '@jupyterlab/apputils';
-import { ReactWidget, refreshIcon } from '@jupyterlab/ui-components';
+import {
+  deleteIcon,
+  editIcon,
+  ReactWidget,
+  refreshIcon
+} from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { DockerEnv, DockerEnvAPI } from './api';
@@ -233,6 +238,16 @@ function DockerEnvView(props: IViewProps): JSX.Element {
           ))}
         </ul>
       )}
+      {status && (
+        <footer className="jp-DockerEnv-footer" data-testid="status-footer">
+          {status.engine.available
+            ? `Docker ${status.engine.version ?? ''}`.trim()
+            : 'Docker engine unavailable'}
+          {' · GPU '}
+          {status.gpu.available ? 'available' : 'not available'}
+          {status.registry ? ` · registry ${status.registry}` : ''}
+        </footer>
+      )}
     </div>
   );
 }
@@ -360,6 +375,32 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
             read-only
           </span>
         )}
+        {!env.readonly && env.kind === 'spec' && (
+          <button
+            type="button"
+            className="jp-DockerEnv-iconButton"
+            title={`Edit the spec of ${env.name}`}
+            aria-label={`Edit ${env.name}`}
+            data-testid="edit"
+            disabled={busy}
+            onClick={props.onEdit}
+          >
+            <editIcon.react tag="span" />
+          </button>
+        )}
+        {!env.readonly && (
+          <button
+            type="button"
+            className="jp-DockerEnv-iconButton"
+            title={`Delete ${env.name} and its images`}
+            aria-label={`Delete ${env.name}`}
+            data-testid="delete"
+            disabled={busy || jobActive}
+            onClick={remove}
+          >
+            <deleteIcon.react tag="span" />
+          </button>
+        )}
       </div>
       <dl className="jp-DockerEnv-meta">
         <dt>Base</dt>
@@ -455,28 +496,6 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
         )}
       </div>
       <div className="jp-DockerEnv-buttons">
-        {!env.readonly && env.kind === 'spec' && (
-          <button
-            type="button"
-            className="jp-DockerEnv-button"
-            data-testid="edit"
-            disabled={busy}
-            onClick={props.onEdit}
-          >
-            Edit
-          </button>
-        )}
-        {!env.readonly && (
-          <button
-            type="button"
-            className="jp-DockerEnv-button jp-DockerEnv-danger"
-            data-testid="delete"
-            disabled={busy || jobActive}
-            onClick={remove}
-          >
-            Delete
-          </button>
-        )}
         {status.registry && (
           <>
             <button

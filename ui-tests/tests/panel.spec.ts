@@ -1,0 +1,148 @@
+import * as path from 'path';
+
+import { expect, Page, test } from '@playwright/test';
+
+/*
+ * The main path through the panel, against a real JupyterLab with jupyter-docker-env and a real
+ * Docker engine: create an environment, build it, open a notebook on its kernel, and check that
+ * the code runs in a container that sees the workspace.
+ */
+
+const LAB_URL = process.env.JDE_LAB_URL ?? 'http://127.0.0.1:8888/lab';
+const TOKEN = process.env.JDE_LAB_TOKEN ?? '';
+/** Optional pip packages for the test environment, comma separated (none by default). */
+const PIP = (process.env.JDE_UITEST_PIP ?? '')
+  .split(',')
+  .map(p => p.trim())
+  .filter(p => p);
+const ENV_NAME = 'uitest';
+const BUILD_TIMEOUT = 300_000;
+const SCREENSHOTS = path.join(__dirname, '..', 'screenshots');
+
+/** The server's base URL: the lab URL less its trailing `lab`. */
+const BASE_URL = LAB_URL.replace(/\/lab\/?(\?.*)?$/, '/');
+const API_URL = `${BASE_URL}jupyter-docker-env/api/`;
+const AUTH = TOKEN ? { Authorization: `token ${TOKEN}` } : undefined;
+
+async function openLab(page: Page): Promise<void> {
+  const url = new URL(LAB_URL);
+  if (TOKEN) {
+    url.searchParams.set('token', TOKEN);
+  }
+  // A fresh layout, whatever earlier runs left open.
+  url.searchParams.set('reset', '');
+  await page.goto(url.toString());
+  await page.locator('#jupyterlab-splash').waitFor({ state: 'detached' });
+  await page.locator('.jp-LabShell').waitFor();
+}
+
+/** Closes notifications (such as the news opt-in) that would hide part of a screenshot. */
+async function dismissNotifications(page: Page): Promise<void> {
+  const close = page.locator('.jp-Notification-Toast-Close');
+  for (const button of await close.all()) {
+    await button.click().catch(() => undefined);
+  }
+}
+
+test('create, build and use an environment from the panel', async ({
+  page,
+  request
+}) => {
+  // Given a JupyterLab with the extension and a working Docker engine
+  const statusReply = await request.get(`${API_URL}status`, { headers: AUTH });
+  expect(statusReply.ok(), await statusReply.text()).toBeTruthy();
+  const status = await statusReply.json();
+  expect(status.engine.available, status.engine.reason ?? '').toBe(true);
+  // and no environment left from an earlier run
+  const old = await request.delete(`${API_URL}envs/${ENV_NAME}`, {
+    headers: AUTH
+  });
+  expect([204, 404], await old.text()).toContain(old.status());
+
+  await openLab(page);
+
+  // When the user opens the sidebar panel
+  const tab = page.locator(
+    '.jp-SideBar .lm-TabBar-tab[data-id="jupyter-docker-env-panel"]'
+  );
+  // Clicking the tab of the open panel would close it.
+  if (!/lm-mod-current/.test((await tab.getAttribute('class')) ?? '')) {
+    await tab.click();
+  }
+  const panel = page.getByTestId('docker-env-panel');
+  await expect(panel).toBeVisible();
+  await expect(panel.getByTestId('engine-banner')).toHaveCount(0);
+  await expect(panel.getByTestId('load-error')).toHaveCount(0);
+
+  // and creates an environment on the default base image
+  await panel.getByTestId('new-env').click();
+  const form = panel.getByTestId('create-form');
+  await form.getByTestId('env-name').fill(ENV_NAME);
+  await expect(form.getByTestId('env-base')).toHaveValue(status.default_base);
+  if (PIP.length) {
+    await form.getByTestId('env-pip').fill(PIP.join('\n'));
+  }
+  await form.getByTestId('env-submit').click();
+  await expect(form).toHaveCount(0);
+  const card = panel.getByTestId(`env-${ENV_NAME}`);
+  await expect(card).toBeVisible();
+  await expect(card.getByTestId('env-state')).toHaveText('not built');
+  await expect(card.getByTestId('env-base-image')).toHaveText(
+    status.default_base
+  );
+
+  // and builds it, every layer anew so that the progress shows
+  await card.getByTestId('no-cache').check();
+  await card.getByTestId('build').click();
+
+  // Then the build shows its progress and its live log
+  await expect(card.getByTestId('job-progress')).toBeVisible();
+  await expect(card.getByTestId('job-step')).toContainText(/step \d+ of \d+/, {
+    timeout: 60_000
+  });
+  await expect(card.getByTestId('job-log')).not.toBeEmpty();
+  await dismissNotifications(page);
+  await page.screenshot({
+    path: path.join(SCREENSHOTS, 'panel-building.png')
+  });
+
+  // and ends with the environment built
+  await expect(card).toHaveAttribute('data-state', 'built', {
+    timeout: BUILD_TIMEOUT
+  });
+  await expect(card.getByTestId('env-state')).toHaveText('built');
+  await expect(card.getByTestId('job-failure')).toHaveCount(0);
+  await expect(card.getByTestId('env-size')).not.toHaveText('—');
+  await dismissNotifications(page);
+  await page.screenshot({ path: path.join(SCREENSHOTS, 'panel-built.png') });
+  const env = await (
+    await request.get(`${API_URL}envs/${ENV_NAME}`, { headers: AUTH })
+  ).json();
+
+  // When the user opens a notebook on the environment's kernel and runs a cell
+  await card.getByTestId('open-notebook').click();
+  const notebook = page.locator('.jp-NotebookPanel:visible');
+  await expect(notebook).toBeVisible();
+  const editor = notebook.locator('.jp-Cell .cm-content').first();
+  await editor.click();
+  await editor.fill(
+    "import os; print(os.path.exists('/.dockerenv'), os.getcwd(), sorted(os.listdir('.')))"
+  );
+  await page.keyboard.press('Shift+Enter');
+
+  // Then the code ran in a container that sees the workspace
+  const output = notebook.locator('.jp-OutputArea-output').first();
+  await expect(output).toContainText('True', { timeout: 120_000 });
+  await expect(output).toContainText("'hello.txt'");
+  // (/.dockerenv alone proves little where JupyterLab itself runs in a container)
+  const sessions = await (
+    await request.get(`${BASE_URL}api/sessions`, { headers: AUTH })
+  ).json();
+  expect(
+    sessions.map((s: { kernel: { name: string } }) => s.kernel.name)
+  ).toContain(env.kernel_name);
+  await dismissNotifications(page);
+  await page.screenshot({
+    path: path.join(SCREENSHOTS, 'notebook-in-container.png')
+  });
+});
