@@ -158,7 +158,7 @@ class DockerEnvApp(ExtensionApp):
                 if removed:
                     self.log.warning(
                         "jupyter-docker-env: removed %d kernel container(s) left by an earlier "
-                        "run of this server", removed,
+                        "run of this server", len(removed),
                     )
             await self.sync_kernelspecs()
         else:

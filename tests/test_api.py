@@ -1,0 +1,264 @@
+"""The REST API, through a real Jupyter server (pytest-jupyter) and, where it builds, the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from jsonschema.exceptions import ValidationError
+from jupyter_server.auth import Authorizer
+from openapi_schema_validator import OAS30Validator
+
+import jupyter_docker_env
+
+from .conftest import CA_BUNDLE
+
+API = "jupyter-docker-env/api"
+OPENAPI = yaml.safe_load((Path(jupyter_docker_env.__file__).parent / "openapi.yaml").read_text())
+
+
+def check_schema(path: str, method: str, status: int, body: Any) -> None:
+    """Validate a response body against openapi.yaml."""
+    op = OPENAPI["paths"][path][method]
+    # 401/403 come from jupyter_server's auth for every verb (see the document's description)
+    response = op["responses"].get(str(status)) or {"$ref": "#/components/responses/Error"}
+    assert str(status) in op["responses"] or status in (401, 403), (path, method, status)
+    if "$ref" in response:
+        response = OPENAPI["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    schema = response["content"]["application/json"]["schema"]
+    OAS30Validator({"allOf": [schema], "components": OPENAPI["components"]}).validate(body)
+
+
+@pytest.fixture
+def jp_server_config(jp_root_dir: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    docker_env: dict[str, Any] = {"default_base": "python:3.12-slim", "image_prefix": "jde-test"}
+    marker = request.node.get_closest_marker("docker_env_config")
+    if marker:
+        docker_env.update(marker.args[0])
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_docker_env": True}},
+        "DockerEnvApp": docker_env,
+    }
+
+
+async def call(jp_fetch: Any, path: str, method: str = "GET", body: Any = None,
+               expect: int = 200, **kw: Any) -> Any:
+    """Call the API; assert the status and the schema; return the JSON body."""
+    args: dict[str, Any] = {"method": method, "raise_error": False, **kw}
+    if body is not None:
+        args["body"] = json.dumps(body)
+    elif method in ("POST", "PUT"):
+        args["body"] = ""
+    resp = await jp_fetch(API, *path.split("/"), **args)
+    assert resp.code == expect, resp.body
+    data = json.loads(resp.body) if resp.body else None
+    template = "/" + path
+    for key, pattern in (("envs/", "/envs/{name}"), ("builds/", "/builds/{id}")):
+        if path.startswith(key):
+            rest = path[len(key):].split("/", 1)
+            template = pattern + ("/" + rest[1] if len(rest) > 1 else "")
+    if template in OPENAPI["paths"] and data is not None:
+        check_schema(template, method.lower(), expect, data)
+    return data
+
+
+# -- without an engine ----------------------------------------------------------------------
+@pytest.mark.docker_env_config({"docker_host": "unix:///nonexistent/docker.sock"})
+async def test_status_reports_an_unreachable_engine_and_what_to_do(jp_fetch: Any) -> None:
+    status = await call(jp_fetch, "status")
+    assert status["engine"]["available"] is False
+    assert "/nonexistent/docker.sock" in status["engine"]["reason"]
+    assert "make docker" in status["engine"]["reason"]
+    assert status["gpu"]["available"] is False
+
+
+@pytest.mark.docker_env_config({"docker_host": "unix:///nonexistent/docker.sock"})
+async def test_listing_without_an_engine_is_a_clear_503(jp_fetch: Any, jp_root_dir: Path) -> None:
+    (jp_root_dir / "environments" / "demo").mkdir(parents=True)
+    (jp_root_dir / "environments" / "demo" / "docker-env.toml").write_text('pip = ["six"]\n')
+    err = await call(jp_fetch, "envs", expect=503)
+    assert "No Docker engine answers" in err["message"]
+
+
+async def test_every_verb_needs_an_authenticated_user(jp_fetch: Any) -> None:
+    for method, path in (("GET", "status"), ("GET", "envs"), ("POST", "envs"),
+                         ("PUT", "envs/x"), ("DELETE", "envs/x"), ("POST", "envs/x/builds"),
+                         ("GET", "builds/0123456789ab"), ("DELETE", "builds/0123456789ab")):
+        resp = await jp_fetch(API, *path.split("/"), method=method, raise_error=False,
+                              headers={"Authorization": "token wrong"},
+                              **({"body": "{}"} if method in ("POST", "PUT") else {}))
+        assert resp.code == 403, (method, path, resp.code)
+
+
+class ReadOnly(Authorizer):
+    """A user who may look at environments but not build or change them."""
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        return not (resource == "docker_env" and action != "read")
+
+
+async def test_a_read_only_user_cannot_create_build_or_delete(
+    jp_fetch: Any, jp_serverapp: Any
+) -> None:
+    settings = jp_serverapp.web_app.settings
+    settings["authorizer"] = ReadOnly(
+        parent=jp_serverapp, identity_provider=settings["identity_provider"]
+    )
+    assert (await call(jp_fetch, "status"))["version"]
+    await call(jp_fetch, "envs", "POST", {"name": "x"}, expect=403)
+    await call(jp_fetch, "envs/x/builds", "POST", {}, expect=403)
+    await call(jp_fetch, "envs/x", "DELETE", expect=403)
+
+
+# -- with the engine -------------------------------------------------------------------------
+docker = pytest.mark.docker
+
+
+@docker
+async def test_status_with_the_engine_up(jp_fetch: Any, jde_base_image: str) -> None:
+    status = await call(jp_fetch, "status")
+    assert status["engine"]["available"] is True
+    assert status["engine"]["version"]
+    assert status["engine"]["api_version"]
+    assert status["gpu"] == {
+        "available": False, "runtimes": ["io.containerd.runc.v2", "io.containerd.runtime.v1.linux",
+                                         "runc"],
+        "reason": status["gpu"]["reason"],
+    } or status["gpu"]["available"] is False
+    assert "NVIDIA" in status["gpu"]["reason"]
+
+
+@docker
+async def test_environment_crud_and_field_errors(
+    jp_fetch: Any, jp_root_dir: Path, jde_base_image: str
+) -> None:
+    # Create
+    env = await call(jp_fetch, "envs", "POST",
+                     {"name": "crud", "base": jde_base_image, "pip": ["six==1.16.0"]}, expect=201)
+    assert env["state"] == "not_built"
+    assert env["kernel_name"] == "docker-env-crud"
+    assert env["pip"] == ["six==1.16.0"]
+    assert (jp_root_dir / "environments" / "crud" / "docker-env.toml").is_file()
+    # Duplicate → 409; bad spec → 400 naming the field; nothing was written
+    await call(jp_fetch, "envs", "POST", {"name": "crud"}, expect=409)
+    bad = await call(jp_fetch, "envs", "POST", {"name": "bad", "apt": ["git;reboot"]}, expect=400)
+    assert bad["field"] == "apt[0]"
+    assert not (jp_root_dir / "environments" / "bad").exists()
+    bad = await call(jp_fetch, "envs", "POST", {"name": "bad", "colour": "x"}, expect=400)
+    assert bad["field"] == "colour"
+    # Read and list
+    assert (await call(jp_fetch, "envs/crud"))["base"] == jde_base_image
+    assert [e["name"] for e in (await call(jp_fetch, "envs"))["envs"]] == ["crud"]
+    await call(jp_fetch, "envs/nope", expect=404)
+    # Update; a bad update keeps the old spec
+    env = await call(jp_fetch, "envs/crud", "PUT", {"base": jde_base_image, "gpu": True})
+    assert env["gpu"] is True
+    err = await call(jp_fetch, "envs/crud", "PUT", {"pip": ["not a req!!"]}, expect=400)
+    assert err["field"] == "pip[0]"
+    assert (await call(jp_fetch, "envs/crud"))["gpu"] is True
+    # Malformed JSON and bad build options are 400s, not 500s
+    resp = await jp_fetch(API, "envs", method="POST", body="{nope", raise_error=False)
+    assert resp.code == 400
+    await call(jp_fetch, "envs/crud/builds", "POST", {"turbo": True}, expect=400)
+    await call(jp_fetch, "builds/0123456789ab", params={"offset": "-1"}, expect=400)
+    await call(jp_fetch, "builds/0123456789ab", expect=404)
+    # From a workspace file
+    (jp_root_dir / "proj").mkdir()
+    (jp_root_dir / "proj" / "requirements.txt").write_text("six\n")
+    env = await call(jp_fetch, "envs", "POST",
+                     {"name": "fromreq", "from_path": "proj/requirements.txt"}, expect=201)
+    assert env["kind"] == "requirements"
+    err = await call(jp_fetch, "envs", "POST", {"name": "esc", "from_path": "../etc/passwd"},
+                     expect=400)
+    assert err["field"] == "from_path"
+    # Delete
+    await call(jp_fetch, "envs/crud", "DELETE", expect=204)
+    await call(jp_fetch, "envs/crud", expect=404)
+
+
+async def wait_job(jp_fetch: Any, job_id: str, timeout: float = 600) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        job = await call(jp_fetch, f"builds/{job_id}")
+        if job["state"] not in ("queued", "running"):
+            return job  # type: ignore[no-any-return]
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+@docker
+@pytest.mark.docker_env_config({"ca_bundle": CA_BUNDLE or ""})
+async def test_build_followed_by_a_second_client_and_kernel_appears(
+    jp_fetch: Any, jp_root_dir: Path, jde_base_image: str, jp_serverapp: Any
+) -> None:
+    await call(jp_fetch, "envs", "POST",
+               {"name": "apibuild", "base": jde_base_image, "env": {"TZ": "UTC"}}, expect=201)
+    # Given a build started by one client
+    first = await call(jp_fetch, "envs/apibuild/builds", "POST", {"no_cache": False}, expect=202)
+    # a second request for the same environment joins it
+    second = await call(jp_fetch, "envs/apibuild/builds", "POST", {}, expect=202)
+    assert second["id"] == first["id"]
+    # the first client reads a little, then "disconnects"
+    partial = await call(jp_fetch, f"builds/{first['id']}", params={"offset": "0"})
+    env = await call(jp_fetch, "envs/apibuild")
+    assert env["job"]["id"] == first["id"]
+    # When another client follows the build from where the first left off, and from the start
+    done = await wait_job(jp_fetch, first["id"])
+    assert done["state"] == "succeeded", done["log"][-20:]
+    rest = await call(jp_fetch, f"builds/{first['id']}",
+                      params={"offset": str(partial["log_offset"])})
+    whole = await call(jp_fetch, f"builds/{first['id']}")
+    # Then together they saw the whole log, and the outcome
+    assert partial["log"] + rest["log"] == whole["log"]
+    assert whole["progress"] == 1.0
+    assert done["image"].startswith("jde-test/apibuild:")
+    env = await call(jp_fetch, "envs/apibuild")
+    assert env["state"] == "built"
+    assert env["image"]["size"] > 0
+    assert any(p.startswith("ipykernel==") for p in env["lock"]["pip"])
+    # and its kernel is listed right away, no restart needed
+    specs = json.loads((await jp_fetch("api", "kernelspecs")).body)["kernelspecs"]
+    assert "docker-env-apibuild" in specs
+    spec = specs["docker-env-apibuild"]["spec"]
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "docker-env-provisioner"
+    assert "(Docker env)" in spec["display_name"]
+    # Editing the spec makes it out of date
+    await call(jp_fetch, "envs/apibuild", "PUT", {"base": jde_base_image, "pip": ["six"]})
+    assert (await call(jp_fetch, "envs/apibuild"))["state"] == "outdated"
+
+
+@docker
+async def test_a_failing_build_reports_its_step_and_cancel_works(
+    jp_fetch: Any, jde_base_image: str
+) -> None:
+    await call(jp_fetch, "envs", "POST",
+               {"name": "apifail", "base": jde_base_image, "apt": ["no-such-package-jde"]},
+               expect=201)
+    job = await call(jp_fetch, "envs/apifail/builds", "POST", {}, expect=202)
+    done = await wait_job(jp_fetch, job["id"])
+    assert done["state"] == "failed"
+    assert "apt-get install" in done["failed_step"]
+    assert "no-such-package-jde" in done["error"] or "exit" in done["error"]
+    assert (await call(jp_fetch, "envs/apifail"))["state"] == "failed"
+    # A cancelled build ends as cancelled
+    job = await call(jp_fetch, "envs/apifail/builds", "POST", {"no_cache": True}, expect=202)
+    cancelled = await call(jp_fetch, f"builds/{job['id']}", "DELETE", expect=202)
+    assert cancelled["id"] == job["id"]
+    done = await wait_job(jp_fetch, job["id"])
+    assert done["state"] == "cancelled"
+
+
+def test_openapi_document_is_valid() -> None:
+    from openapi_spec_validator import validate
+
+    validate(OPENAPI)
+    with pytest.raises(ValidationError):
+        check_schema("/envs/{name}", "get", 200, {"name": "x"})
+
+
+
