@@ -32,8 +32,8 @@ browser:
 
 ## lint: ruff, mypy, eslint, prettier and tsc
 lint: install
-	$(BIN)/ruff check jupyter_docker_env tests benchmarks
-	$(BIN)/ruff format --check jupyter_docker_env tests benchmarks
+	$(BIN)/ruff check jupyter_docker_env tests benchmarks scripts
+	$(BIN)/ruff format --check jupyter_docker_env tests benchmarks scripts
 	$(BIN)/mypy
 	cd labextension && ../$(BIN)/jlpm lint:check
 

@@ -10,8 +10,7 @@ from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Int, List, Unicode, default
 
-from . import kernelspecs
-from . import __version__
+from . import __version__, kernelspecs
 from .builder import Builder, BuildSettings
 from .engine import Engine, shared_engine
 from .environments import Environments
@@ -102,8 +101,7 @@ class DockerEnvApp(ExtensionApp):
     sweep_on_start = Bool(
         True,
         config=True,
-        help="At start, remove kernel containers left behind by an earlier crash of this "
-        "server.",
+        help="At start, remove kernel containers left behind by an earlier crash of this server.",
     )
 
     @default("ca_bundle")
@@ -126,17 +124,21 @@ class DockerEnvApp(ExtensionApp):
         )
 
     def initialize_settings(self) -> None:
-        root_dir = Path(self.serverapp.root_dir)
+        serverapp = self.serverapp
+        assert serverapp is not None
+        root_dir = Path(serverapp.root_dir)
         self.engine: Engine = shared_engine(self.docker_host or None)
         self.jobs = JobManager(workers=self.build_workers)
         self.builder = Builder(self.engine, self.build_settings())
-        self.envs = Environments(root_dir, self.env_dirs, self.shared_env_dirs, self.builder,
-                                 self.jobs)
-        self.instance_id = instance_id_for(str(root_dir), self.serverapp.port)
+        self.envs = Environments(
+            root_dir, self.env_dirs, self.shared_env_dirs, self.builder, self.jobs
+        )
+        self.instance_id = instance_id_for(str(root_dir), serverapp.port)
         self.kernels_dir = (
             Path(jupyter_runtime_dir()) / "docker-env-kernels" / self.instance_id / "kernels"
         )
-        ksm = self.serverapp.kernel_spec_manager
+        ksm = serverapp.kernel_spec_manager
+        assert ksm is not None
         if str(self.kernels_dir) not in ksm.kernel_dirs:
             ksm.kernel_dirs.insert(0, str(self.kernels_dir))
         self.settings.update(
@@ -151,14 +153,18 @@ class DockerEnvApp(ExtensionApp):
         if info.available:
             self.log.info(
                 "jupyter-docker-env %s: Docker engine %s (API %s) at %s",
-                __version__, info.version, info.api_version, info.host,
+                __version__,
+                info.version,
+                info.api_version,
+                info.host,
             )
             if self.sweep_on_start:
                 removed = await sweep_orphans(self.engine, self.instance_id)
                 if removed:
                     self.log.warning(
                         "jupyter-docker-env: removed %d kernel container(s) left by an earlier "
-                        "run of this server", len(removed),
+                        "run of this server",
+                        len(removed),
                     )
             await self.sync_kernelspecs()
         else:

@@ -49,8 +49,8 @@ def render(spec: EnvSpec, folder: Path) -> str:
     source = SPEC_FILE if spec.kind == "spec" else (spec.requirements or spec.environment)
     out = [
         f"{GENERATED_MARK} from {source}: edit that file, not this one.\n",
-        "# Plain `docker build .` builds it too. Behind a TLS-inspecting proxy, first copy your CA\n",
-        f"# bundle here as {CA_FILE}; it is never part of the environment's hash.\n",
+        "# Plain `docker build .` builds it too. Behind a TLS-inspecting proxy, first copy\n",
+        f"# your CA bundle here as {CA_FILE}; it is never part of the environment's hash.\n",
         f"FROM {spec.base}\n",
         "USER root\n",
         "ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \\\n"
@@ -60,8 +60,7 @@ def render(spec: EnvSpec, folder: Path) -> str:
         # .dockerignore always exists, so the copy succeeds with or without a CA bundle.
         f"COPY .dockerignore {CA_FILE[:-1]}[{CA_FILE[-1]}] {INPUTS}/\n",
         _run(
-            f"if [ -f {CA_PATH} ]; then printf '[global]\\ncert = {CA_PATH}\\n' > /etc/pip.conf; "
-            "fi"
+            f"if [ -f {CA_PATH} ]; then printf '[global]\\ncert = {CA_PATH}\\n' > /etc/pip.conf; fi"
         ),
     ]
     if spec.apt:
@@ -86,9 +85,7 @@ def render(spec: EnvSpec, folder: Path) -> str:
         if spec.environment:
             out.append(f"COPY {spec.environment} {INPUTS}/\n")
             out.append(
-                _run(
-                    f"conda env update -n base -f {INPUTS}/{spec.environment}", "conda clean -afy"
-                )
+                _run(f"conda env update -n base -f {INPUTS}/{spec.environment}", "conda clean -afy")
             )
     # The kernel's own environment: a venv (Debian's python refuses system-wide pip, PEP 668)
     # that still sees conda's packages. ipykernel comes first so it is cached with the system.

@@ -8,6 +8,7 @@ engine never freezes the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -88,7 +89,9 @@ class Engine:
             if self._client is None:
                 try:
                     if self.host:
-                        self._client = docker.DockerClient(base_url=self.host, timeout=self._timeout)
+                        self._client = docker.DockerClient(
+                            base_url=self.host, timeout=self._timeout
+                        )
                     else:
                         self._client = docker.from_env(timeout=self._timeout)
                 except docker.errors.DockerException as exc:
@@ -151,10 +154,8 @@ class Engine:
         return list(summaries)
 
     def remove_image(self, ref: str, force: bool = False) -> None:
-        try:
+        with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(self.client.api.remove_image, ref, force=force, noprune=False)
-        except docker.errors.ImageNotFound:
-            pass
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         self._call(self.client.api.tag, image, repository, tag, force=True)
@@ -164,7 +165,11 @@ class Engine:
         repo, _, tag = _split_tag(ref)
         try:
             stream = self._call(
-                self.client.api.pull, repo, tag=tag or "latest", stream=True, decode=True,
+                self.client.api.pull,
+                repo,
+                tag=tag or "latest",
+                stream=True,
+                decode=True,
                 auth_config=auth,
             )
             yield from _raise_on_error(stream, RegistryError)
@@ -175,7 +180,11 @@ class Engine:
         repo, _, tag = _split_tag(ref)
         try:
             stream = self._call(
-                self.client.api.push, repo, tag=tag or "latest", stream=True, decode=True,
+                self.client.api.push,
+                repo,
+                tag=tag or "latest",
+                stream=True,
+                decode=True,
                 auth_config=auth,
             )
             yield from _raise_on_error(stream, RegistryError)
@@ -232,7 +241,11 @@ class Engine:
         buf.seek(0)
         image_id = None
         for msg in self._call(
-            self.client.api.build, fileobj=buf, custom_context=True, tag=tag, rm=True,
+            self.client.api.build,
+            fileobj=buf,
+            custom_context=True,
+            tag=tag,
+            rm=True,
             decode=True,
         ):
             if "error" in msg:
@@ -246,8 +259,12 @@ class Engine:
     def run_output(self, image: str, command: list[str], timeout: int = 120) -> str:
         """Run ``command`` in a throwaway container of ``image`` and return its stdout."""
         container = self._call(
-            self.client.containers.create, image, command, labels={LABEL_MANAGED: "true"},
-            network_disabled=True, entrypoint=[],
+            self.client.containers.create,
+            image,
+            command,
+            labels={LABEL_MANAGED: "true"},
+            network_disabled=True,
+            entrypoint=[],
         )
         try:
             container.start()

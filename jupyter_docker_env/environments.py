@@ -114,8 +114,13 @@ class Environments:
         try:
             plan = self.builder.plan(loc.folder, resolve_base=False)
         except SpecError as exc:
-            data.update(kind=detect_kind(loc.folder) or "spec", base=None, gpu=False,
-                        state="failed", error=str(exc))
+            data.update(
+                kind=detect_kind(loc.folder) or "spec",
+                base=None,
+                gpu=False,
+                state="failed",
+                error=str(exc),
+            )
             return data
         spec = plan.spec
         data.update(spec.to_json())
@@ -153,7 +158,7 @@ class Environments:
         except ValueError:
             return str(folder)
 
-    def list(self) -> list[dict[str, Any]]:
+    def all(self) -> list[dict[str, Any]]:
         return [self.describe(loc) for loc in self.locations().values()]
 
     def get(self, name: str) -> dict[str, Any]:
@@ -204,9 +209,7 @@ class Environments:
         if not source.is_file():
             raise SpecError("from_path", f"{path} does not exist")
         if source.name not in CREATE_FROM:
-            raise SpecError(
-                "from_path", f"{path} must be one of: {', '.join(sorted(CREATE_FROM))}"
-            )
+            raise SpecError("from_path", f"{path} must be one of: {', '.join(sorted(CREATE_FROM))}")
         return source
 
     def update(self, name: str, body: dict[str, Any]) -> dict[str, Any]:

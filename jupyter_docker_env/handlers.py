@@ -129,7 +129,7 @@ class EnvsHandler(DockerEnvHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply({"envs": await self.call(self.ext.envs.list)})
+        self.reply({"envs": await self.call(self.ext.envs.all)})
 
     @web.authenticated
     @authorized
@@ -165,14 +165,17 @@ class BuildsHandler(DockerEnvHandler):
         body = self.json_body()
         unknown = body.keys() - {"no_cache", "from_lock", "pull"}
         if unknown:
-            raise ApiError(400, f"unknown build option(s): {', '.join(sorted(unknown))}",
-                           sorted(unknown)[0])
+            raise ApiError(
+                400, f"unknown build option(s): {', '.join(sorted(unknown))}", sorted(unknown)[0]
+            )
         if not all(isinstance(v, bool) for v in body.values()):
             raise ApiError(400, "build options are true or false")
         options = BuildOptions(**body)
         loc = await self.call(self.ext.envs.locate, name)
         job = self.ext.jobs.start(
-            name, "build", lambda job: self.ext.builder.build(loc.folder, options, job),
+            name,
+            "build",
+            lambda job: self.ext.builder.build(loc.folder, options, job),
             on_done=self._after,
         )
         self.reply(job.to_json(), status=202)
@@ -198,7 +201,9 @@ class ShareHandler(DockerEnvHandler):
             job = self.ext.jobs.start(name, "push", lambda job: builder.push(folder, job))
         else:
             job = self.ext.jobs.start(
-                name, "pull", lambda job: builder.pull_env(folder, job),
+                name,
+                "pull",
+                lambda job: builder.pull_env(folder, job),
                 on_done=lambda _job: self.ext.sync_kernelspecs(),
             )
         self.reply(job.to_json(), status=202)

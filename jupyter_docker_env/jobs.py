@@ -109,7 +109,9 @@ class JobManager:
     """Runs jobs on a small pool of worker threads; one active job per environment and kind."""
 
     def __init__(self, workers: int = 2, keep: int = 200) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker-env-job")
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="docker-env-job"
+        )
         self._jobs: dict[str, Job] = {}
         self._keep = keep
         self._tasks: set[asyncio.Task[None]] = set()
@@ -121,7 +123,8 @@ class JobManager:
         """The active job of an environment, else its most recent one."""
         jobs = [j for j in self._jobs.values() if j.env == env]
         active = [j for j in jobs if j.active]
-        return (active or jobs or [None])[-1]
+        chosen = active or jobs
+        return chosen[-1] if chosen else None
 
     def active(self, env: str) -> list[Job]:
         return [j for j in self._jobs.values() if j.env == env and j.active]
