@@ -15,7 +15,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +99,11 @@ def jde_kernel_spec(
 
 
 @pytest.fixture
-async def jde_kernel(
-    jde_kernel_spec: KernelSpecFactory, jde_workspace: Path
-) -> AsyncIterator[Callable[..., Any]]:
+def jde_kernel(
+    jde_kernel_spec: KernelSpecFactory,
+    jde_workspace: Path,
+    jp_asyncio_loop: asyncio.AbstractEventLoop,
+) -> Iterator[Callable[..., Any]]:
     """Start kernels (config overrides as keyword args); all are shut down afterwards."""
     managers: list[AsyncKernelManager] = []
 
@@ -113,9 +115,13 @@ async def jde_kernel(
         return km
 
     yield start
-    for km in managers:
-        if km.has_kernel:
-            await km.shutdown_kernel(now=True)
+
+    async def shutdown() -> None:
+        for km in managers:
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+
+    jp_asyncio_loop.run_until_complete(shutdown())
 
 
 def provisioner(km: AsyncKernelManager) -> DockerEnvProvisioner:
