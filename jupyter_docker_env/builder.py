@@ -10,12 +10,12 @@ import os
 import re
 import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+import tomllib
 
 from . import dockerfile
 from .engine import LABEL_MANAGED, Engine, EngineError, RegistryError, context_names, label
@@ -23,6 +23,7 @@ from .jobs import Job, JobFailed
 from .spec import (
     CA_FILE,
     GENERATED_MARK,
+    IMAGE_RE,
     LOCK_FILE,
     SPEC_FILE,
     EnvSpec,
@@ -144,8 +145,9 @@ class Builder:
             spec = spec.with_pip(tuple(lock["pip"]))
         if spec.kind == "dockerfile":
             files = _context_files(folder)
-            return Plan(folder, spec, spec_hash(spec, "", dockerfile.RENDERER_VERSION, files),
-                        None, None)
+            return Plan(
+                folder, spec, spec_hash(spec, "", dockerfile.RENDERER_VERSION, files), None, None
+            )
         existing = folder / "Dockerfile"
         if existing.is_file() and not existing.read_text(errors="replace").startswith(
             GENERATED_MARK
@@ -223,6 +225,10 @@ class Builder:
             raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
         ref = self.image_ref(plan)
         job.emit(f"Environment {plan.spec.name}: image {ref}")
+        if plan.dockerfile is not None and os.access(plan.folder, os.W_OK):
+            # Keep the folder a plain build context: the files a colleague's `docker build` needs.
+            _write_if_changed(plan.folder / "Dockerfile", plan.dockerfile)
+            _write_if_changed(plan.folder / ".dockerignore", plan.dockerignore or "")
         existing = None if options.no_cache else self.find_image(ref)
         if existing is not None:
             job.emit("Unchanged since the last build: reusing the image, nothing to build.")
@@ -254,11 +260,6 @@ class Builder:
         return labels
 
     def _run_build(self, plan: Plan, options: BuildOptions, job: Job) -> str:
-        writable = os.access(plan.folder, os.W_OK)
-        if plan.dockerfile is not None and writable:
-            # Keep the folder a plain build context: the files a colleague's `docker build` needs.
-            (plan.folder / "Dockerfile").write_text(plan.dockerfile)
-            (plan.folder / ".dockerignore").write_text(plan.dockerignore or "")
         with tempfile.TemporaryDirectory(prefix="docker-env-ctx-") as tmp:
             context = self._context(plan, Path(tmp))
             buildargs = (
@@ -267,8 +268,12 @@ class Builder:
                 else None
             )
             stream = self.engine.build(
-                str(context), tag=None, labels=self._labels(plan), nocache=options.no_cache,
-                pull=False, buildargs=buildargs,
+                str(context),
+                tag=None,
+                labels=self._labels(plan),
+                nocache=options.no_cache,
+                pull=False,
+                buildargs=buildargs,
             )
             return self._follow(stream, job)
 
@@ -355,20 +360,30 @@ class Builder:
         }
 
     # -- sharing ---------------------------------------------------------------------------
+    def _remote(self, plan: Plan, tag: str | None = None) -> str:
+        """The registry reference to push or pull; JobFailed when the setting is unusable."""
+        remote = self.registry_ref(plan, tag)
+        if remote is None:
+            raise JobFailed("no registry is configured (c.DockerEnvApp.registry or --registry)")
+        if problem := registry_problem(self.settings.registry):
+            raise JobFailed(f"{problem}: fix c.DockerEnvApp.registry or --registry")
+        return remote
+
     def _try_pull(self, plan: Plan, remote: str, job: Job) -> ImageInfo | None:
+        if problem := registry_problem(self.settings.registry):
+            job.emit(f"WARNING: {problem}; building instead")
+            return None
         try:
             if self.engine.registry_digest(remote, self.settings.registry_auth) is None:
                 job.emit(f"{remote} is not in the registry yet: building")
                 return None
         except RegistryError as exc:
-            job.emit(f"WARNING: could not ask the registry ({exc}); building instead")
+            job.emit(f"WARNING: {_registry_message(remote, exc)}; building instead")
             return None
         return self.pull(plan, job)
 
     def pull(self, plan: Plan, job: Job) -> ImageInfo:
-        remote = self.registry_ref(plan)
-        if remote is None:
-            raise JobFailed("no registry is configured (c.DockerEnvApp.registry or --registry)")
+        remote = self._remote(plan)
         job.emit(f"Pulling {remote}")
         try:
             for msg in self.engine.pull(remote, self.settings.registry_auth):
@@ -392,15 +407,16 @@ class Builder:
         return self._finish(plan, self.pull(plan, job), built=False, pulled=True, job=job)
 
     def push(self, folder: Path, job: Job) -> dict[str, Any]:
-        plan = self.plan(folder, job)
+        try:
+            plan = self.plan(folder, job)
+        except SpecError as exc:
+            raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
         image = self.find_image(self.image_ref(plan))
         if image is None:
             raise JobFailed(f"{plan.spec.name} is not built yet (or changed since): build it first")
         pushed = []
         for tag in (plan.short_hash, "latest"):
-            remote = self.registry_ref(plan, tag)
-            if remote is None:
-                raise JobFailed("no registry is configured (c.DockerEnvApp.registry or --registry)")
+            remote = self._remote(plan, tag)
             repo, _, remote_tag = remote.rpartition(":")
             self.engine.tag(image.id, repo, remote_tag)
             job.emit(f"Pushing {remote}")
@@ -409,6 +425,7 @@ class Builder:
                     job.check_cancelled()
                     _log_pull(job, msg)
             except RegistryError as exc:
+                self.engine.remove_image(remote)  # only the tag made for the push; image stays
                 raise JobFailed(_registry_message(remote, exc), step="push") from exc
             pushed.append(remote)
         digest = self.engine.registry_digest(pushed[0], self.settings.registry_auth)
@@ -434,6 +451,11 @@ def write_lock(plan: Plan, lock: dict[str, list[str]]) -> None:
     (plan.folder / LOCK_FILE).write_text(header + tomli_w.dumps(body))
 
 
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
 def _apt_names(spec: EnvSpec) -> list[str]:
     return [re.split(r"[=:]", a, maxsplit=1)[0] for a in spec.apt]
 
@@ -445,9 +467,7 @@ def _context_files(folder: Path) -> dict[str, bytes]:
     patterns = [p.strip() for p in patterns if p.strip() and not p.startswith("#")]
     names = sorted(context_names(str(folder), patterns))
     skip = {LOCK_FILE, CA_FILE}
-    return {
-        n: (folder / n).read_bytes() for n in names if (folder / n).is_file() and n not in skip
-    }
+    return {n: (folder / n).read_bytes() for n in names if (folder / n).is_file() and n not in skip}
 
 
 def _log_pull(job: Job, msg: dict[str, Any]) -> None:
@@ -457,9 +477,24 @@ def _log_pull(job: Job, msg: dict[str, Any]) -> None:
     job.emit(f"{msg['id']}: {status}" if msg.get("id") else status)
 
 
+def registry_problem(registry: str) -> str | None:
+    """Why ``registry`` is no HOST[:PORT]/NAMESPACE setting, or None when it is one."""
+    if IMAGE_RE.match(f"{registry.rstrip('/')}/env:tag"):
+        return None
+    return (
+        f"the registry setting {registry!r} is not HOST[:PORT]/NAMESPACE like "
+        "registry.example.com/team or 127.0.0.1:5000/team (no http://, a lowercase namespace)"
+    )
+
+
 def _registry_message(ref: str, exc: Exception) -> str:
     text = str(exc)
     low = text.lower()
+    if "no basic auth credentials" in low:
+        return (
+            f"the registry for {ref} needs credentials: {text}. Log in with `docker login`, "
+            "or set c.DockerEnvApp.registry_username / registry_password"
+        )
     if "unauthorized" in low or "authentication required" in low or "denied" in low:
         return (
             f"the registry refused the credentials for {ref}: {text}. Log in with `docker login`, "

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from jupyter_docker_env.spec import CA_FILE, LOCK_FILE
 from .conftest import CA_BUNDLE
 
 pytestmark = pytest.mark.docker
+# Part of every spec here, so each run builds anew (its content hash is new) while the engine's
+# layer cache still serves every layer before the ENV line.
+RUN = uuid.uuid4().hex[:8]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +53,9 @@ def image_pip_freeze(engine: Engine, image: str) -> list[str]:
 def test_spec_builds_and_the_image_matches_its_lock(builder: Builder, jde_tmp: Path) -> None:
     # Given a spec with a pinned pip package, a system package and an env var
     folder = make_env(
-        jde_tmp, "demo",
-        'pip = ["six==1.16.0"]\napt = ["tini"]\nenv = { TZ = "UTC" }\n',
+        jde_tmp,
+        "demo",
+        f'pip = ["six==1.16.0"]\napt = ["tini"]\nenv = {{ TZ = "UTC", RUN = "{RUN}" }}\n',
     )
     # When it is built
     result, job = build(builder, folder)
@@ -83,14 +88,15 @@ def test_spec_builds_and_the_image_matches_its_lock(builder: Builder, jde_tmp: P
 
     # When one pip package is added, Then the system and kernel layers come from the cache
     (folder / "docker-env.toml").write_text(
-        'pip = ["six==1.16.0", "tabulate==0.9.0"]\napt = ["tini"]\nenv = { TZ = "UTC" }\n'
+        'pip = ["six==1.16.0", "tabulate==0.9.0"]\napt = ["tini"]\n'
+        f'env = {{ TZ = "UTC", RUN = "{RUN}" }}\n'
     )
     added, job = build(builder, folder)
     assert added["built"] is True
     log = "\n".join(job.log)
-    apt_step = log[log.index("apt-get install"):]
+    apt_step = log[log.index("apt-get install") :]
     assert apt_step.split("\n", 2)[1].strip() == "---> Using cache"
-    venv_step = log[log.index("python3 -m venv"):]
+    venv_step = log[log.index("python3 -m venv") :]
     assert "---> Using cache" in venv_step.split("Step", 1)[0]
     assert "tabulate==0.9.0" in added["lock"]["pip"]
 
@@ -124,15 +130,14 @@ def test_dockerfile_only_folder_builds_as_is(
 ) -> None:
     folder = jde_tmp / "custom"
     folder.mkdir()
-    (folder / "Dockerfile").write_text(
-        f"FROM {jde_base_image}\nRUN echo built-by-hand > /marker\n"
-    )
+    by_hand = f"# run {RUN}\nFROM {jde_base_image}\nRUN echo built-by-hand > /marker\n"
+    (folder / "Dockerfile").write_text(by_hand)
     result, _ = build(builder, folder)
     assert result["built"] is True
     out = builder.engine.run_output(result["image"], ["cat", "/marker"])
     assert out.strip() == "built-by-hand"
     # the user's Dockerfile is left as it was
-    assert (folder / "Dockerfile").read_text().startswith("FROM ")
+    assert (folder / "Dockerfile").read_text() == by_hand
 
 
 def test_plain_docker_build_of_the_folder_builds_the_same_environment(
@@ -146,8 +151,10 @@ def test_plain_docker_build_of_the_folder_builds_the_same_environment(
     shutil.copy(CA_BUNDLE, folder / CA_FILE)
     docker = shutil.which("docker", path="/usr/bin") or "docker"
     tag = "jde-test/plain-by-hand:latest"
-    subprocess.run([docker, "build", "-q", "-t", tag, str(folder)], check=True,
-                   capture_output=True)
+    built = subprocess.run(
+        [docker, "build", "-q", "-t", tag, str(folder)], check=False, capture_output=True, text=True
+    )
+    assert built.returncode == 0, built.stderr
     # Then they get the same packages
     assert image_pip_freeze(builder.engine, tag) == sorted(result["lock"]["pip"])
     builder.engine.remove_image(tag, force=True)
@@ -183,8 +190,9 @@ def test_from_lock_reproduces_the_locked_versions(builder: Builder, jde_tmp: Pat
     assert again["spec_hash"] != first["spec_hash"]
 
 
-def test_unknown_base_fails_before_building(builder: Builder, jde_tmp: Path,
-                                            jde_registry: str) -> None:
+def test_unknown_base_fails_before_building(
+    builder: Builder, jde_tmp: Path, jde_registry: str
+) -> None:
     folder = make_env(jde_tmp, "nobase", f'base = "{jde_registry}/no/such-image:1"\n')
     with pytest.raises(JobFailed) as err:
         build(builder, folder)
