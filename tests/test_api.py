@@ -45,8 +45,9 @@ def jp_server_config(jp_root_dir: Path, request: pytest.FixtureRequest) -> dict[
     }
 
 
-async def call(jp_fetch: Any, path: str, method: str = "GET", body: Any = None,
-               expect: int = 200, **kw: Any) -> Any:
+async def call(
+    jp_fetch: Any, path: str, method: str = "GET", body: Any = None, expect: int = 200, **kw: Any
+) -> Any:
     """Call the API; assert the status and the schema; return the JSON body."""
     args: dict[str, Any] = {"method": method, "raise_error": False, **kw}
     if body is not None:
@@ -59,7 +60,7 @@ async def call(jp_fetch: Any, path: str, method: str = "GET", body: Any = None,
     template = "/" + path
     for key, pattern in (("envs/", "/envs/{name}"), ("builds/", "/builds/{id}")):
         if path.startswith(key):
-            rest = path[len(key):].split("/", 1)
+            rest = path[len(key) :].split("/", 1)
             template = pattern + ("/" + rest[1] if len(rest) > 1 else "")
     if template in OPENAPI["paths"] and data is not None:
         check_schema(template, method.lower(), expect, data)
@@ -85,12 +86,24 @@ async def test_listing_without_an_engine_is_a_clear_503(jp_fetch: Any, jp_root_d
 
 
 async def test_every_verb_needs_an_authenticated_user(jp_fetch: Any) -> None:
-    for method, path in (("GET", "status"), ("GET", "envs"), ("POST", "envs"),
-                         ("PUT", "envs/x"), ("DELETE", "envs/x"), ("POST", "envs/x/builds"),
-                         ("GET", "builds/0123456789ab"), ("DELETE", "builds/0123456789ab")):
-        resp = await jp_fetch(API, *path.split("/"), method=method, raise_error=False,
-                              headers={"Authorization": "token wrong"},
-                              **({"body": "{}"} if method in ("POST", "PUT") else {}))
+    for method, path in (
+        ("GET", "status"),
+        ("GET", "envs"),
+        ("POST", "envs"),
+        ("PUT", "envs/x"),
+        ("DELETE", "envs/x"),
+        ("POST", "envs/x/builds"),
+        ("GET", "builds/0123456789ab"),
+        ("DELETE", "builds/0123456789ab"),
+    ):
+        resp = await jp_fetch(
+            API,
+            *path.split("/"),
+            method=method,
+            raise_error=False,
+            headers={"Authorization": "token wrong"},
+            **({"body": "{}"} if method in ("POST", "PUT") else {}),
+        )
         assert resp.code == 403, (method, path, resp.code)
 
 
@@ -124,11 +137,15 @@ async def test_status_with_the_engine_up(jp_fetch: Any, jde_base_image: str) -> 
     assert status["engine"]["available"] is True
     assert status["engine"]["version"]
     assert status["engine"]["api_version"]
-    assert status["gpu"] == {
-        "available": False, "runtimes": ["io.containerd.runc.v2", "io.containerd.runtime.v1.linux",
-                                         "runc"],
-        "reason": status["gpu"]["reason"],
-    } or status["gpu"]["available"] is False
+    assert (
+        status["gpu"]
+        == {
+            "available": False,
+            "runtimes": ["io.containerd.runc.v2", "io.containerd.runtime.v1.linux", "runc"],
+            "reason": status["gpu"]["reason"],
+        }
+        or status["gpu"]["available"] is False
+    )
     assert "NVIDIA" in status["gpu"]["reason"]
 
 
@@ -137,8 +154,13 @@ async def test_environment_crud_and_field_errors(
     jp_fetch: Any, jp_root_dir: Path, jde_base_image: str
 ) -> None:
     # Create
-    env = await call(jp_fetch, "envs", "POST",
-                     {"name": "crud", "base": jde_base_image, "pip": ["six==1.16.0"]}, expect=201)
+    env = await call(
+        jp_fetch,
+        "envs",
+        "POST",
+        {"name": "crud", "base": jde_base_image, "pip": ["six==1.16.0"]},
+        expect=201,
+    )
     assert env["state"] == "not_built"
     assert env["kernel_name"] == "docker-env-crud"
     assert env["pip"] == ["six==1.16.0"]
@@ -169,20 +191,26 @@ async def test_environment_crud_and_field_errors(
     # From a workspace file
     (jp_root_dir / "proj").mkdir()
     (jp_root_dir / "proj" / "requirements.txt").write_text("six\n")
-    env = await call(jp_fetch, "envs", "POST",
-                     {"name": "fromreq", "from_path": "proj/requirements.txt"}, expect=201)
+    env = await call(
+        jp_fetch,
+        "envs",
+        "POST",
+        {"name": "fromreq", "from_path": "proj/requirements.txt"},
+        expect=201,
+    )
     assert env["kind"] == "requirements"
-    err = await call(jp_fetch, "envs", "POST", {"name": "esc", "from_path": "../etc/passwd"},
-                     expect=400)
+    err = await call(
+        jp_fetch, "envs", "POST", {"name": "esc", "from_path": "../etc/passwd"}, expect=400
+    )
     assert err["field"] == "from_path"
     # Delete
     await call(jp_fetch, "envs/crud", "DELETE", expect=204)
     await call(jp_fetch, "envs/crud", expect=404)
 
 
-async def wait_job(jp_fetch: Any, job_id: str, timeout: float = 600) -> dict[str, Any]:
+async def wait_job(jp_fetch: Any, job_id: str) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + 600
     while loop.time() < deadline:
         job = await call(jp_fetch, f"builds/{job_id}")
         if job["state"] not in ("queued", "running"):
@@ -196,8 +224,13 @@ async def wait_job(jp_fetch: Any, job_id: str, timeout: float = 600) -> dict[str
 async def test_build_followed_by_a_second_client_and_kernel_appears(
     jp_fetch: Any, jp_root_dir: Path, jde_base_image: str, jp_serverapp: Any
 ) -> None:
-    await call(jp_fetch, "envs", "POST",
-               {"name": "apibuild", "base": jde_base_image, "env": {"TZ": "UTC"}}, expect=201)
+    await call(
+        jp_fetch,
+        "envs",
+        "POST",
+        {"name": "apibuild", "base": jde_base_image, "env": {"TZ": "UTC"}},
+        expect=201,
+    )
     # Given a build started by one client
     first = await call(jp_fetch, "envs/apibuild/builds", "POST", {"no_cache": False}, expect=202)
     # a second request for the same environment joins it
@@ -210,8 +243,9 @@ async def test_build_followed_by_a_second_client_and_kernel_appears(
     # When another client follows the build from where the first left off, and from the start
     done = await wait_job(jp_fetch, first["id"])
     assert done["state"] == "succeeded", done["log"][-20:]
-    rest = await call(jp_fetch, f"builds/{first['id']}",
-                      params={"offset": str(partial["log_offset"])})
+    rest = await call(
+        jp_fetch, f"builds/{first['id']}", params={"offset": str(partial["log_offset"])}
+    )
     whole = await call(jp_fetch, f"builds/{first['id']}")
     # Then together they saw the whole log, and the outcome
     assert partial["log"] + rest["log"] == whole["log"]
@@ -236,9 +270,13 @@ async def test_build_followed_by_a_second_client_and_kernel_appears(
 async def test_a_failing_build_reports_its_step_and_cancel_works(
     jp_fetch: Any, jde_base_image: str
 ) -> None:
-    await call(jp_fetch, "envs", "POST",
-               {"name": "apifail", "base": jde_base_image, "apt": ["no-such-package-jde"]},
-               expect=201)
+    await call(
+        jp_fetch,
+        "envs",
+        "POST",
+        {"name": "apifail", "base": jde_base_image, "apt": ["no-such-package-jde"]},
+        expect=201,
+    )
     job = await call(jp_fetch, "envs/apifail/builds", "POST", {}, expect=202)
     done = await wait_job(jp_fetch, job["id"])
     assert done["state"] == "failed"
@@ -259,6 +297,3 @@ def test_openapi_document_is_valid() -> None:
     validate(OPENAPI)
     with pytest.raises(ValidationError):
         check_schema("/envs/{name}", "get", 200, {"name": "x"})
-
-
-

@@ -76,9 +76,7 @@ def test_folder_kinds_are_detected(tmp_path: Path) -> None:
 
 
 def test_rendered_dockerfile_layers_change_least_first(tmp_path: Path) -> None:
-    spec = parse(
-        {"pip": ["pandas==2.2.3"], "apt": ["git"], "env": {"TZ": "UTC"}}, tmp_path, BASE
-    )
+    spec = parse({"pip": ["pandas==2.2.3"], "apt": ["git"], "env": {"TZ": "UTC"}}, tmp_path, BASE)
     text = dockerfile.render(spec, tmp_path)
     apt, venv, pip = (text.index(s) for s in ("apt-get install", "venv", "pip install pandas"))
     assert apt < venv < pip
@@ -86,5 +84,9 @@ def test_rendered_dockerfile_layers_change_least_first(tmp_path: Path) -> None:
     assert "rm -rf /var/lib/apt/lists/*" in text
     assert "PIP_NO_CACHE_DIR=1" in text
     ignore = dockerfile.dockerignore(spec)
-    assert ignore.splitlines()[2:] == ["*", "!.dockerignore", "!docker-env-ca.crt",
-                                       "!docker-env.toml"]
+    assert ignore.splitlines()[2:] == [
+        "*",
+        "!.dockerignore",
+        "!docker-env-ca.crt",
+        "!docker-env.toml",
+    ]
