@@ -172,7 +172,9 @@ class DockerEnvApp(ExtensionApp):
 
     async def sync_kernelspecs(self) -> None:
         """Write a kernel spec per built environment (and drop those of removed ones)."""
-        specs = await self.engine.run(self.envs.kernel_specs)
+        # Kernels must reach the same engine the images were built on.
+        extra = {"docker_host": self.docker_host} if self.docker_host else None
+        specs = await self.engine.run(self.envs.kernel_specs, extra)
         await self.engine.run(kernelspecs.sync, self.kernels_dir, specs)
 
     async def stop_extension(self) -> None:

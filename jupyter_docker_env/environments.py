@@ -238,7 +238,7 @@ class Environments:
             self.builder.engine.remove_image(image["Id"], force=True)
         shutil.rmtree(loc.folder)
 
-    def kernel_specs(self) -> list[dict[str, Any]]:
+    def kernel_specs(self, extra_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Kernel specs for every environment that has a built image."""
         specs = []
         for loc in self.locations().values():
@@ -246,7 +246,11 @@ class Environments:
             if latest is None:
                 continue
             gpu = latest.labels.get(LABEL_GPU) == "true"
-            specs.append(kernelspecs.kernel_json(loc.name, self.builder.latest_ref(loc.name), gpu))
+            specs.append(
+                kernelspecs.kernel_json(
+                    loc.name, self.builder.latest_ref(loc.name), gpu, extra_config
+                )
+            )
         return specs
 
 

@@ -133,7 +133,7 @@ def kernel_containers(engine: Engine, kernel_id: str) -> list[dict[str, Any]]:
     return engine.containers({label("kernel-id"): kernel_id})
 
 
-async def run_code(km: AsyncKernelManager, code: str, timeout: float = 30) -> tuple[dict, str]:
+async def run_code(km: AsyncKernelManager, code: str, seconds: float = 30) -> tuple[dict, str]:
     """Execute ``code``; return the reply content and what it printed."""
     kc = km.client()
     kc.start_channels()
@@ -145,7 +145,7 @@ async def run_code(km: AsyncKernelManager, code: str, timeout: float = 30) -> tu
             if msg["msg_type"] == "stream":
                 out.append(msg["content"]["text"])
 
-        reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        reply = await kc.execute_interactive(code, timeout=seconds, output_hook=hook)
         return reply["content"], "".join(out)
     finally:
         kc.stop_channels()
