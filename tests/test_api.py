@@ -297,3 +297,22 @@ def test_openapi_document_is_valid() -> None:
     validate(OPENAPI)
     with pytest.raises(ValidationError):
         check_schema("/envs/{name}", "get", 200, {"name": "x"})
+
+
+@docker
+async def test_admin_provided_environments_are_read_only(
+    jp_fetch: Any, jde_base_image: str, jp_serverapp: Any, tmp_path_factory: Any
+) -> None:
+    # Given an environment an administrator provides in a shared folder
+    shared = tmp_path_factory.mktemp("shared-envs")
+    (shared / "team").mkdir()
+    (shared / "team" / "docker-env.toml").write_text(f'base = "{jde_base_image}"\n')
+    jp_serverapp.web_app.settings["docker_env"].envs.shared_env_dirs = [shared]
+    # Then users see it, but cannot change or delete it
+    env = await call(jp_fetch, "envs/team")
+    assert env["readonly"] is True
+    assert env["path"] == str(shared / "team")
+    err = await call(jp_fetch, "envs/team", "PUT", {"pip": ["six"]}, expect=403)
+    assert "administrator" in err["message"]
+    await call(jp_fetch, "envs/team", "DELETE", expect=403)
+    assert (shared / "team" / "docker-env.toml").read_text() == f'base = "{jde_base_image}"\n'
