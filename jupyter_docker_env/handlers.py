@@ -8,20 +8,24 @@ everything else ``write`` (builds and kernels run code).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
+from jupyter_server.utils import ApiPath, ensure_async
 from tornado import web
 
-from . import __version__
+from . import __version__, kernelspecs
 from .builder import BuildOptions
 from .engine import EngineUnavailable
 from .environments import EnvConflict, EnvNotFound, EnvReadOnly
 from .jobs import JobFailed
+from .provisioner import parse_gpus, parse_memory
 from .spec import SpecError
 
 if TYPE_CHECKING:
@@ -209,6 +213,64 @@ class ShareHandler(DockerEnvHandler):
         self.reply(job.to_json(), status=202)
 
 
+class KernelsHandler(DockerEnvHandler):
+    """POST envs/{name}/kernels: a kernel of the environment with its own resources.
+
+    One kernel spec serves every size: the limits travel as KERNEL_* variables of this start,
+    which the provisioner reads and does not pass into the container.
+    """
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str) -> None:
+        if not self.authorizer.is_authorized(self, self.current_user, "execute", "kernels"):
+            raise ApiError(403, "you may not start kernels on this server")
+        body = self.json_body()
+        resources = kernel_resources(body)
+        path = body.get("path", "")
+        if not isinstance(path, str):
+            raise ApiError(400, "path must be a folder of the workspace", "path")
+        await self.call(self.ext.envs.locate, name)
+        env = {**os.environ, **resources}
+        try:
+            kernel_id = await self.kernel_manager.start_kernel(
+                kernel_name=kernelspecs.kernel_name(name), path=cast("ApiPath", path), env=env
+            )
+        except NoSuchKernel as exc:
+            raise ApiError(409, f"{name} is not built yet: build it first") from exc
+        except (RuntimeError, ValueError) as exc:  # the provisioner's words: no GPU runtime, …
+            raise ApiError(409, str(exc)) from exc
+        model = await ensure_async(self.kernel_manager.kernel_model(kernel_id))
+        self.reply(model, status=201)
+
+
+def kernel_resources(body: dict[str, Any]) -> dict[str, str]:
+    """KERNEL_* variables from a kernel start's {cpus, memory, gpus}, checked."""
+    unknown = body.keys() - {"path", "cpus", "memory", "gpus"}
+    if unknown:
+        raise ApiError(
+            400, f"unknown kernel option(s): {', '.join(sorted(unknown))}", sorted(unknown)[0]
+        )
+    env: dict[str, str] = {}
+    if (cpus := body.get("cpus")) is not None:
+        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:
+            raise ApiError(400, "cpus must be a positive number", "cpus")
+        env["KERNEL_CPUS"] = str(cpus)
+    if (memory := body.get("memory")) is not None:
+        try:
+            parse_memory(memory)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "memory") from exc
+        env["KERNEL_MEMORY"] = str(memory)
+    if (gpus := body.get("gpus")) is not None:
+        try:
+            parse_gpus(str(gpus))
+        except ValueError as exc:
+            raise ApiError(400, str(exc), "gpus") from exc
+        env["KERNEL_GPUS"] = str(gpus)
+    return env
+
+
 class JobHandler(DockerEnvHandler):
     @web.authenticated
     @authorized
@@ -240,5 +302,6 @@ HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [
     (_route(f"envs/{ENV_NAME}"), EnvHandler),
     (_route(f"envs/{ENV_NAME}/builds"), BuildsHandler),
     (_route(f"envs/{ENV_NAME}/(?P<action>push|pull)"), ShareHandler),
+    (_route(f"envs/{ENV_NAME}/kernels"), KernelsHandler),
     (_route(f"builds/{JOB_ID}"), JobHandler),
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from jupyter_server.auth import Authorizer
 from openapi_schema_validator import OAS30Validator
 
 import jupyter_docker_env
+from jupyter_docker_env.engine import label
 
 from .conftest import CA_BUNDLE
 
@@ -261,6 +263,24 @@ async def test_build_followed_by_a_second_client_and_kernel_appears(
     spec = specs["docker-env-apibuild"]["spec"]
     assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == "docker-env-provisioner"
     assert "(Docker env)" in spec["display_name"]
+    # A kernel of it can be started with its own size, without a kernel spec per size
+    if os.geteuid() == 0:
+        os.chown(jp_root_dir, 1000, 1000)  # kernels run as the workspace owner, never root
+    for bad, field in (({"memory": "lots"}, "memory"), ({"cpus": -1}, "cpus"), ({"x": 1}, "x")):
+        err = await call(jp_fetch, "envs/apibuild/kernels", "POST", bad, expect=400)
+        assert err["field"] == field
+    kernel = await call(
+        jp_fetch, "envs/apibuild/kernels", "POST", {"memory": "256m", "cpus": 0.5}, expect=201
+    )
+    engine = jp_serverapp.web_app.settings["docker_env"].engine
+    (container,) = engine.containers({label("kernel-id"): kernel["id"]})
+    host_config = engine.inspect_container(container["Id"])["HostConfig"]
+    assert (host_config["Memory"], host_config["NanoCpus"]) == (256 * 1024**2, 500_000_000)
+    await jp_fetch("api", "kernels", kernel["id"], method="DELETE")
+    assert engine.containers({label("kernel-id"): kernel["id"]}) == []
+    # and a GPU on this GPU-less engine is refused with words a user can act on
+    err = await call(jp_fetch, "envs/apibuild/kernels", "POST", {"gpus": "all"}, expect=409)
+    assert "NVIDIA" in err["message"]
     # Editing the spec makes it out of date
     await call(jp_fetch, "envs/apibuild", "PUT", {"base": jde_base_image, "pip": ["six"]})
     assert (await call(jp_fetch, "envs/apibuild"))["state"] == "outdated"
