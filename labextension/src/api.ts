@@ -97,6 +97,10 @@ export namespace DockerEnv {
     kernel_name: string;
     image?: IImage | null;
     lock?: { [manager: string]: string[] } | null;
+    /** The requirements.txt of the spec, when it has one (sent though not in the contract). */
+    requirements?: string | null;
+    /** The environment.yml of the spec, when it has one (sent though not in the contract). */
+    environment?: string | null;
     /** The running or last job. */
     job?: IJob | null;
     registry?: { image?: string; available?: boolean | null } | null;

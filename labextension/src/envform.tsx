@@ -83,6 +83,12 @@ export function EnvForm(props: IEnvFormProps): JSX.Element {
         if (env.env && Object.keys(env.env).length) {
           spec.env = env.env;
         }
+        if (env.requirements) {
+          spec.requirements = env.requirements;
+        }
+        if (env.environment) {
+          spec.environment = env.environment;
+        }
       }
     }
     setBusy(true);

@@ -19,6 +19,13 @@ const VERBS: { [kind in DockerEnv.JobKind]: string } = {
   pull: 'Pull'
 };
 
+/** The last error lines of pip, apt or conda in a log: usually the reason a step failed. */
+function errorLines(log: string[]): string[] {
+  return log
+    .filter(line => /^\s*(ERROR:|E: |error:|PackagesNotFoundError)/.test(line))
+    .slice(-3);
+}
+
 /** A job's progress, its live log, and why it failed. Mount it keyed by job id. */
 export function JobView(props: IJobViewProps): JSX.Element {
   const { api, onFinished } = props;
@@ -160,6 +167,11 @@ export function JobView(props: IJobViewProps): JSX.Element {
             </div>
           )}
           {job.error && <div data-testid="job-error">{job.error}</div>}
+          {errorLines(log).map((line, i) => (
+            <code key={i} className="jp-DockerEnv-errorLine">
+              {line}
+            </code>
+          ))}
         </div>
       )}
       {job.state === 'cancelled' && (

@@ -79,18 +79,26 @@ function DockerEnvView(props: IViewProps): JSX.Element {
 
   const refresh = React.useCallback(async (): Promise<void> => {
     setLoading(true);
-    try {
-      const [nextStatus, nextEnvs] = await Promise.all([
-        api.status(),
-        api.listEnvs()
-      ]);
-      setStatus(nextStatus);
-      setEnvs(nextEnvs);
+    const [nextStatus, nextEnvs] = await Promise.allSettled([
+      api.status(),
+      api.listEnvs()
+    ]);
+    setLoading(false);
+    if (nextStatus.status === 'rejected') {
+      setLoadError((nextStatus.reason as Error).message);
+      return;
+    }
+    setStatus(nextStatus.value);
+    if (nextEnvs.status === 'fulfilled') {
+      setEnvs(nextEnvs.value);
       setLoadError(null);
-    } catch (error) {
-      setLoadError((error as Error).message);
-    } finally {
-      setLoading(false);
+    } else {
+      // With the engine down the banner says why already.
+      setLoadError(
+        nextStatus.value.engine.available
+          ? (nextEnvs.reason as Error).message
+          : null
+      );
     }
   }, [api]);
 
@@ -361,8 +369,11 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
       data-state={state}
     >
       <div className="jp-DockerEnv-envHeader">
-        <span className="jp-DockerEnv-envName" title={env.path}>
-          {env.display_name || env.name}
+        <span
+          className="jp-DockerEnv-envName"
+          title={env.display_name ?? env.name}
+        >
+          {env.name}
         </span>
         <span
           className={`jp-DockerEnv-badge jp-DockerEnv-badge-${state}`}
@@ -431,28 +442,26 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
         </div>
       )}
       <div className="jp-DockerEnv-buttons">
-        {env.state === 'built' || env.state === 'outdated'
-          ? env.image && (
-              <>
-                <button
-                  type="button"
-                  className="jp-mod-styled jp-mod-accept"
-                  data-testid="open-notebook"
-                  onClick={() => run(() => actions.openNotebook(env))}
-                >
-                  Open notebook
-                </button>
-                <button
-                  type="button"
-                  className="jp-DockerEnv-button"
-                  data-testid="open-console"
-                  onClick={() => run(() => actions.openConsole(env))}
-                >
-                  Open console
-                </button>
-              </>
-            )
-          : null}
+        {env.state === 'built' || env.state === 'outdated' ? (
+          <>
+            <button
+              type="button"
+              className="jp-mod-styled jp-mod-accept"
+              data-testid="open-notebook"
+              onClick={() => run(() => actions.openNotebook(env))}
+            >
+              Open notebook
+            </button>
+            <button
+              type="button"
+              className="jp-DockerEnv-button"
+              data-testid="open-console"
+              onClick={() => run(() => actions.openConsole(env))}
+            >
+              Open console
+            </button>
+          </>
+        ) : null}
       </div>
       <div className="jp-DockerEnv-buttons">
         <button
@@ -549,7 +558,7 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
         <summary>Details</summary>
         <dl className="jp-DockerEnv-meta" data-testid="env-details">
           <dt>Kernel</dt>
-          <dd>{env.kernel_name}</dd>
+          <dd title={env.kernel_name}>{env.display_name ?? env.kernel_name}</dd>
           <dt>Folder</dt>
           <dd>{env.path}</dd>
           {env.image && (

@@ -1,6 +1,6 @@
 import * as path from 'path';
 
-import { expect, Page, test } from '@playwright/test';
+import { APIRequestContext, expect, Page, test } from '@playwright/test';
 
 /*
  * The main path through the panel, against a real JupyterLab with jupyter-docker-env and a real
@@ -36,11 +36,32 @@ async function openLab(page: Page): Promise<void> {
   await page.locator('.jp-LabShell').waitFor();
 }
 
-/** Closes notifications (such as the news opt-in) that would hide part of a screenshot. */
-async function dismissNotifications(page: Page): Promise<void> {
-  const close = page.locator('.jp-Notification-Toast-Close');
-  for (const button of await close.all()) {
-    await button.click().catch(() => undefined);
+/** Hides notifications (such as the news opt-in) that would cover part of a screenshot. */
+async function hideNotifications(page: Page): Promise<void> {
+  await page.addStyleTag({
+    content: '.Toastify { display: none !important; }'
+  });
+}
+
+/** Shuts down the kernels of an environment, if it exists. */
+async function shutDownKernelsOf(
+  request: APIRequestContext,
+  name: string
+): Promise<void> {
+  const reply = await request.get(`${API_URL}envs/${name}`, { headers: AUTH });
+  if (!reply.ok()) {
+    return;
+  }
+  const { kernel_name } = await reply.json();
+  const kernels = await (
+    await request.get(`${BASE_URL}api/kernels`, { headers: AUTH })
+  ).json();
+  for (const kernel of kernels as { id: string; name: string }[]) {
+    if (kernel.name === kernel_name) {
+      await request.delete(`${BASE_URL}api/kernels/${kernel.id}`, {
+        headers: AUTH
+      });
+    }
   }
 }
 
@@ -53,13 +74,15 @@ test('create, build and use an environment from the panel', async ({
   expect(statusReply.ok(), await statusReply.text()).toBeTruthy();
   const status = await statusReply.json();
   expect(status.engine.available, status.engine.reason ?? '').toBe(true);
-  // and no environment left from an earlier run
+  // and no environment left from an earlier run, nor kernels that hold its image
+  await shutDownKernelsOf(request, ENV_NAME);
   const old = await request.delete(`${API_URL}envs/${ENV_NAME}`, {
     headers: AUTH
   });
   expect([204, 404], await old.text()).toContain(old.status());
 
   await openLab(page);
+  await hideNotifications(page);
 
   // When the user opens the sidebar panel
   const tab = page.locator(
@@ -101,7 +124,6 @@ test('create, build and use an environment from the panel', async ({
     timeout: 60_000
   });
   await expect(card.getByTestId('job-log')).not.toBeEmpty();
-  await dismissNotifications(page);
   await page.screenshot({
     path: path.join(SCREENSHOTS, 'panel-building.png')
   });
@@ -113,7 +135,6 @@ test('create, build and use an environment from the panel', async ({
   await expect(card.getByTestId('env-state')).toHaveText('built');
   await expect(card.getByTestId('job-failure')).toHaveCount(0);
   await expect(card.getByTestId('env-size')).not.toHaveText('—');
-  await dismissNotifications(page);
   await page.screenshot({ path: path.join(SCREENSHOTS, 'panel-built.png') });
   const env = await (
     await request.get(`${API_URL}envs/${ENV_NAME}`, { headers: AUTH })
@@ -123,11 +144,19 @@ test('create, build and use an environment from the panel', async ({
   await card.getByTestId('open-notebook').click();
   const notebook = page.locator('.jp-NotebookPanel:visible');
   await expect(notebook).toBeVisible();
+  await expect(notebook.locator('.jp-KernelName')).toHaveText(
+    env.display_name ?? env.kernel_name
+  );
+  // Typing before the kernel is ready can be lost when the session settles.
+  await expect(
+    notebook.locator('.jp-Notebook-ExecutionIndicator')
+  ).toHaveAttribute('data-status', 'idle', { timeout: 120_000 });
+  const code =
+    "import os; print(os.path.exists('/.dockerenv'), os.getcwd(), sorted(os.listdir('.')))";
   const editor = notebook.locator('.jp-Cell .cm-content').first();
   await editor.click();
-  await editor.fill(
-    "import os; print(os.path.exists('/.dockerenv'), os.getcwd(), sorted(os.listdir('.')))"
-  );
+  await editor.fill(code);
+  await expect(editor).toHaveText(code);
   await page.keyboard.press('Shift+Enter');
 
   // Then the code ran in a container that sees the workspace
@@ -141,8 +170,10 @@ test('create, build and use an environment from the panel', async ({
   expect(
     sessions.map((s: { kernel: { name: string } }) => s.kernel.name)
   ).toContain(env.kernel_name);
-  await dismissNotifications(page);
   await page.screenshot({
     path: path.join(SCREENSHOTS, 'notebook-in-container.png')
   });
+
+  // Leave no kernel running on the test image.
+  await shutDownKernelsOf(request, ENV_NAME);
 });
