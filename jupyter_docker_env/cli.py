@@ -17,7 +17,7 @@ from jupyter_core.application import JupyterApp
 from jupyter_core.paths import jupyter_data_dir
 
 from . import __version__, kernelspecs
-from .builder import LABEL_ENV, LABEL_GPU, Builder, BuildOptions, read_lock
+from .builder import LABEL_ENV, LABEL_GPU, Builder, BuildOptions, read_lock, registry_problem
 from .engine import LABEL_MANAGED, Engine, EngineError
 from .jobs import Cancelled, Job, JobFailed
 from .spec import SpecError
@@ -59,6 +59,12 @@ def make_builder(args: argparse.Namespace) -> Builder:
         if value is not None:
             setattr(app, trait, value)
     return Builder(Engine(app.docker_host or None), app.build_settings())
+
+
+def _registry(value: str) -> str:
+    if problem := registry_problem(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def _emit_json(data: Any) -> None:
@@ -200,7 +206,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("dir", help="the environment folder")
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-        sp.add_argument("--registry", help="HOST[:PORT]/NAMESPACE to share images through")
+        sp.add_argument(
+            "--registry", type=_registry, help="HOST[:PORT]/NAMESPACE to share images through"
+        )
 
     b = sub.add_parser("build", help="build the environment's image (or reuse/pull it)")
     common(b)

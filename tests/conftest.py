@@ -106,3 +106,93 @@ def jde_kernel_image(jde_base_image: str, jde_engine: Engine) -> str:
                 pytest.fail(f"building the kernel image failed: {msg['error']}\n{''.join(log)}")
             log.append(str(msg.get("stream", "")))
     return tag
+
+
+# -- loopback registries (appended for the registry and CLI tests) -------------------------------
+# docker-registry reads only bcrypt htpasswd entries. A fixed hash of the test password (cost 4,
+# the minimum, so each authenticated request stays cheap) keeps the tests free of htpasswd and
+# bcrypt tools.
+JDE_REGISTRY_USER = "jde-tester"
+JDE_REGISTRY_PASSWORD = "jde-test-password"
+_JDE_REGISTRY_HTPASSWD = (
+    f"{JDE_REGISTRY_USER}:$2b$04$e6s169bF1B/RJcqe8ZPy0eEFj9m2W.kWJXYdSB3E4HsArO7Stj7nG\n"
+)
+JDE_REGISTRY_NAMESPACE = "jde-test"
+
+
+def jde_free_port() -> int:
+    """A loopback TCP port nothing listens on (right now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _registry_answers(host: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}/v2/", timeout=1):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401  # up, and asking for credentials
+    except OSError:
+        return False
+
+
+def _serve_registry(engine: Engine, htpasswd: bool) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port with its own storage.
+
+    Yields the `registry` setting (127.0.0.1:PORT/jde-test). Afterwards the registry stops, its
+    storage goes, and the local tags that point at it are removed.
+    """
+    import time
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.skip("Debian's docker-registry is not installed (`make docker` installs it)")
+    root = Path(tempfile.mkdtemp(prefix="jde-test-registry-"))
+    host = f"127.0.0.1:{jde_free_port()}"
+    auth = ""
+    if htpasswd:
+        (root / "htpasswd").write_text(_JDE_REGISTRY_HTPASSWD)
+        auth = f"auth:\n  htpasswd: {{realm: jde-test, path: {root / 'htpasswd'}}}\n"
+    (root / "config.yml").write_text(
+        "version: 0.1\nlog: {level: error}\n"
+        f"storage:\n  filesystem: {{rootdirectory: {root / 'data'}}}\n  delete: {{enabled: true}}\n"
+        f"http:\n  addr: {host}\n  secret: jde-test\n{auth}"
+    )
+    log = (root / "registry.log").open("wb")
+    proc = subprocess.Popen(
+        [binary, "serve", str(root / "config.yml")], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not _registry_answers(host):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()}")
+            time.sleep(0.1)
+        yield f"{host}/{JDE_REGISTRY_NAMESPACE}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+        for image in engine.images({LABEL_MANAGED: "true"}):
+            for tag in image.get("RepoTags") or []:
+                if tag.startswith(f"{host}/"):
+                    engine.remove_image(tag)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def jde_open_registry(jde_engine: Engine) -> Iterator[str]:
+    """A registry without auth, as the `registry` setting: 127.0.0.1:PORT/jde-test."""
+    yield from _serve_registry(jde_engine, htpasswd=False)
+
+
+@pytest.fixture(scope="session")
+def jde_auth_registry(jde_engine: Engine) -> Iterator[str]:
+    """A registry with basic auth (JDE_REGISTRY_USER / JDE_REGISTRY_PASSWORD), as a setting."""
+    yield from _serve_registry(jde_engine, htpasswd=True)
