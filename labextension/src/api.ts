@@ -115,6 +115,24 @@ export namespace DockerEnv {
     pull?: boolean;
   }
 
+  /** Resources of one kernel start (POST envs/{name}/kernels). */
+  export interface IKernelOptions {
+    /** The notebook's folder, relative to the workspace. */
+    path?: string;
+    /** CPU limit, e.g. 1.5. */
+    cpus?: number;
+    /** Memory limit, e.g. 2g. */
+    memory?: string;
+    /** "all", a count, or device ids such as "0,1"; "" for none. */
+    gpus?: string;
+  }
+
+  /** The started kernel, as /api/kernels gives it. */
+  export interface IKernel {
+    id: string;
+    name: string;
+  }
+
   export function isActive(job: IJob | null | undefined): boolean {
     return !!job && (job.state === 'queued' || job.state === 'running');
   }
@@ -184,6 +202,13 @@ export class DockerEnvAPI {
 
   pull(name: string): Promise<DockerEnv.IJob> {
     return this.requestAPI(`${envPath(name)}/pull`, 'POST');
+  }
+
+  startKernel(
+    name: string,
+    options: DockerEnv.IKernelOptions = {}
+  ): Promise<DockerEnv.IKernel> {
+    return this.requestAPI(`${envPath(name)}/kernels`, 'POST', options);
   }
 
   /** Calls `{baseUrl}jupyter-docker-env/api/{endpoint}` and answers its JSON body. */

@@ -26,6 +26,14 @@ function fieldKey(field: string | null): string {
   return (field ?? '').split(/[.[]/)[0];
 }
 
+/** The message without a leading `field: `, for showing next to that field. */
+function withoutField(error: DockerEnvAPIError): string {
+  const prefix = `${error.field}: `;
+  return error.field && error.message.startsWith(prefix)
+    ? error.message.slice(prefix.length)
+    : error.message;
+}
+
 /** Creates an environment from a spec or a workspace file, or edits an environment's spec. */
 export function EnvForm(props: IEnvFormProps): JSX.Element {
   const { status, env } = props;
@@ -50,7 +58,7 @@ export function EnvForm(props: IEnvFormProps): JSX.Element {
         data-testid={`field-error-${key}`}
         role="alert"
       >
-        {error.message}
+        {withoutField(error)}
       </div>
     ) : null;
   const shownFields =
@@ -150,7 +158,7 @@ export function EnvForm(props: IEnvFormProps): JSX.Element {
           role="alert"
         >
           {error.field ? `${error.field}: ` : ''}
-          {error.message}
+          {withoutField(error)}
         </div>
       )}
       {!editing && (

@@ -42,11 +42,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
   ) => {
     const api = new DockerEnvAPI(app.serviceManager.serverSettings);
     const panel = new DockerEnvPanel(api, {
-      openNotebook: (env: DockerEnv.IEnv) =>
-        execute(app, 'notebook:create-new', { kernelName: env.kernel_name }),
-      openConsole: (env: DockerEnv.IEnv) =>
+      openNotebook: (env: DockerEnv.IEnv, kernel?: DockerEnv.IKernel) =>
+        execute(app, 'notebook:create-new', {
+          kernelName: env.kernel_name,
+          ...(kernel ? { kernelId: kernel.id } : {})
+        }),
+      openConsole: (env: DockerEnv.IEnv, kernel?: DockerEnv.IKernel) =>
         execute(app, 'console:create', {
-          kernelPreference: { name: env.kernel_name }
+          kernelPreference: kernel
+            ? { id: kernel.id, name: kernel.name }
+            : { name: env.kernel_name }
         }),
       refreshKernelSpecs: () => app.serviceManager.kernelspecs.refreshSpecs()
     });

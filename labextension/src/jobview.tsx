@@ -19,10 +19,15 @@ const VERBS: { [kind in DockerEnv.JobKind]: string } = {
   pull: 'Pull'
 };
 
+/** Terminal colour codes that build tools write into their output. */
+const ESC = String.fromCharCode(27);
+const ANSI_ESCAPE = new RegExp(`${ESC}\\[[0-9;]*[A-Za-z]`, 'g');
+
 /** The last error lines of pip, apt or conda in a log: usually the reason a step failed. */
-function errorLines(log: string[]): string[] {
+function errorLines(log: string[], error?: string | null): string[] {
   return log
     .filter(line => /^\s*(ERROR:|E: |error:|PackagesNotFoundError)/.test(line))
+    .filter(line => !error || !line.includes(error))
     .slice(-3);
 }
 
@@ -63,7 +68,8 @@ export function JobView(props: IJobViewProps): JSX.Element {
       setPollError(null);
       offset = next.log_offset;
       if (next.log.length) {
-        setLog(previous => previous.concat(next.log));
+        const lines = next.log.map(line => line.replace(ANSI_ESCAPE, ''));
+        setLog(previous => previous.concat(lines));
       }
       setJob(next);
       if (DockerEnv.isActive(next)) {
@@ -161,13 +167,19 @@ export function JobView(props: IJobViewProps): JSX.Element {
         >
           <strong>{verb} failed</strong>
           {job.failed_step && (
-            <div>
-              at step{' '}
-              <code data-testid="job-failed-step">{job.failed_step}</code>
+            <code
+              className="jp-DockerEnv-errorLine"
+              data-testid="job-failed-step"
+            >
+              {job.failed_step}
+            </code>
+          )}
+          {job.error && (
+            <div className="jp-DockerEnv-errorText" data-testid="job-error">
+              {job.error}
             </div>
           )}
-          {job.error && <div data-testid="job-error">{job.error}</div>}
-          {errorLines(log).map((line, i) => (
+          {errorLines(log, job.error).map((line, i) => (
             <code key={i} className="jp-DockerEnv-errorLine">
               {line}
             </code>

@@ -19,8 +19,15 @@ const REFRESH_MS = 10000;
 
 /** What the panel asks of the application. */
 export interface IPanelActions {
-  openNotebook: (env: DockerEnv.IEnv) => Promise<void>;
-  openConsole: (env: DockerEnv.IEnv) => Promise<void>;
+  /** Opens a notebook on the environment's kernel, or on a kernel already started. */
+  openNotebook: (
+    env: DockerEnv.IEnv,
+    kernel?: DockerEnv.IKernel
+  ) => Promise<void>;
+  openConsole: (
+    env: DockerEnv.IEnv,
+    kernel?: DockerEnv.IKernel
+  ) => Promise<void>;
   /** Makes the launcher and kernel picker list new kernels without a reload. */
   refreshKernelSpecs: () => Promise<void>;
 }
@@ -297,6 +304,11 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
   const { env, status, api, actions, onChanged } = props;
   const [noCache, setNoCache] = React.useState(false);
   const [fromLock, setFromLock] = React.useState(false);
+  const [resources, setResources] = React.useState({
+    cpus: '',
+    memory: '',
+    gpus: ''
+  });
   const [actionError, setActionError] = React.useState<string | null>(null);
   const [busy, setBusy] = React.useState(false);
   const jobActive = DockerEnv.isActive(env.job);
@@ -344,6 +356,28 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
       await actions.refreshKernelSpecs();
     }
   };
+
+  /** Opens on a kernel of its own size when the user set resources, else on the kernel spec. */
+  const open = (
+    opener: (env: DockerEnv.IEnv, kernel?: DockerEnv.IKernel) => Promise<void>
+  ) =>
+    run(async () => {
+      const options: DockerEnv.IKernelOptions = {};
+      if (resources.cpus.trim()) {
+        options.cpus = Number(resources.cpus);
+      }
+      if (resources.memory.trim()) {
+        options.memory = resources.memory.trim();
+      }
+      if (resources.gpus.trim()) {
+        options.gpus = resources.gpus.trim();
+      }
+      const sized = Object.keys(options).length > 0;
+      await opener(
+        env,
+        sized ? await api.startKernel(env.name, options) : undefined
+      );
+    });
 
   const remove = async (): Promise<void> => {
     const answer = await showDialog({
@@ -448,7 +482,7 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
               type="button"
               className="jp-mod-styled jp-mod-accept"
               data-testid="open-notebook"
-              onClick={() => run(() => actions.openNotebook(env))}
+              onClick={() => open(actions.openNotebook)}
             >
               Open notebook
             </button>
@@ -456,10 +490,61 @@ function EnvCard(props: IEnvCardProps): JSX.Element {
               type="button"
               className="jp-DockerEnv-button"
               data-testid="open-console"
-              onClick={() => run(() => actions.openConsole(env))}
+              onClick={() => open(actions.openConsole)}
             >
               Open console
             </button>
+            <details className="jp-DockerEnv-resources">
+              <summary>Kernel resources</summary>
+              <div className="jp-DockerEnv-resourceFields">
+                <label>
+                  CPUs
+                  <input
+                    className="jp-DockerEnv-input"
+                    data-testid="kernel-cpus"
+                    type="number"
+                    min="0"
+                    step="0.5"
+                    placeholder="no limit"
+                    value={resources.cpus}
+                    onChange={e =>
+                      setResources({ ...resources, cpus: e.target.value })
+                    }
+                  />
+                </label>
+                <label>
+                  Memory
+                  <input
+                    className="jp-DockerEnv-input"
+                    data-testid="kernel-memory"
+                    type="text"
+                    placeholder="e.g. 2g"
+                    value={resources.memory}
+                    onChange={e =>
+                      setResources({ ...resources, memory: e.target.value })
+                    }
+                  />
+                </label>
+                {env.gpu && (
+                  <label>
+                    GPUs
+                    <input
+                      className="jp-DockerEnv-input"
+                      data-testid="kernel-gpus"
+                      type="text"
+                      placeholder="all, 1, or 0,1"
+                      value={resources.gpus}
+                      onChange={e =>
+                        setResources({ ...resources, gpus: e.target.value })
+                      }
+                    />
+                  </label>
+                )}
+              </div>
+              <div className="jp-DockerEnv-hint">
+                For the next notebook or console opened here.
+              </div>
+            </details>
           </>
         ) : null}
       </div>
