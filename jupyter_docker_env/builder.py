@@ -10,12 +10,12 @@ import os
 import re
 import shutil
 import tempfile
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-import tomllib
 
 from . import dockerfile
 from .engine import LABEL_MANAGED, Engine, EngineError, RegistryError, context_names, label
@@ -314,8 +314,11 @@ class Builder:
                         if line.strip():
                             job.emit(line)
                 elif "error" in msg:
+                    reason = _reason(job.log)
                     raise JobFailed(
-                        f"{current or 'The build'} failed: {msg['error'].strip()}", step=current
+                        f"{current or 'The build'} failed: {msg['error'].strip()}"
+                        + (f"\n{reason}" if reason else ""),
+                        step=current,
                     )
                 elif "aux" in msg and "ID" in msg["aux"]:
                     image_id = msg["aux"]["ID"]
@@ -449,6 +452,12 @@ def write_lock(plan: Plan, lock: dict[str, list[str]]) -> None:
     )
     body = {"spec_hash": plan.hash, **{k: lock.get(k, []) for k in LOCK_SECTIONS}}
     (plan.folder / LOCK_FILE).write_text(header + tomli_w.dumps(body))
+
+
+def _reason(log: list[str]) -> str:
+    """The tool's own error lines (pip's ERROR:, apt's E:) from the end of a build log."""
+    tail = log[-40:]
+    return "\n".join(line for line in tail if line.startswith(("ERROR:", "E: ", "error:")))
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -173,8 +173,10 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     folder = Path(args.dir).resolve()
     plan = builder.plan(folder, resolve_base=False)
     if builder.find_image(builder.latest_ref(plan.spec.name)) is None:
-        print(f"{plan.spec.name} is not built yet: run `jupyter docker-env build {args.dir}` "
-              "first", file=sys.stderr)
+        print(
+            f"{plan.spec.name} is not built yet: run `jupyter docker-env build {args.dir}` first",
+            file=sys.stderr,
+        )
         return 1
     config: dict[str, Any] = {}
     if args.workspace:
@@ -212,10 +214,12 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build the environment's image (or reuse/pull it)")
     common(b)
-    b.add_argument("--no-cache", action="store_true",
-                   help="rebuild every layer (refreshes unpinned packages)")
-    b.add_argument("--from-lock", action="store_true",
-                   help="install the exact versions in docker-env.lock")
+    b.add_argument(
+        "--no-cache", action="store_true", help="rebuild every layer (refreshes unpinned packages)"
+    )
+    b.add_argument(
+        "--from-lock", action="store_true", help="install the exact versions in docker-env.lock"
+    )
     b.add_argument("--no-pull", action="store_true", help="never pull from the registry")
     b.add_argument("--ca-bundle", help="CA bundle to trust inside the build")
     b.add_argument("--index-url", help="pip package index inside the build")
@@ -248,8 +252,9 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--user", action="store_true", help="the user's data dir (default)")
     where.add_argument("--prefix", help="PREFIX/share/jupyter/kernels")
     where.add_argument("--sys-prefix", action="store_true", help="this Python's prefix")
-    ki.add_argument("--workspace",
-                    help="folder to mount in the kernel (default: the kernel's working dir)")
+    ki.add_argument(
+        "--workspace", help="folder to mount in the kernel (default: the kernel's working dir)"
+    )
     ki.set_defaults(func=cmd_kernelspec_install)
     return p
 

@@ -150,12 +150,26 @@ class Engine:
 
     def images(self, labels: dict[str, str | None]) -> list[dict[str, Any]]:
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
-        summaries = self._call(self.client.api.images, filters={"label": filters})
+        # Untagged images (e.g. of a deleted environment, still used by a container) do not count.
+        summaries = self._call(
+            self.client.api.images, filters={"label": filters, "dangling": False}
+        )
         return list(summaries)
 
     def remove_image(self, ref: str, force: bool = False) -> None:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(self.client.api.remove_image, ref, force=force, noprune=False)
+
+    def remove_image_tags(self, summary: dict[str, Any]) -> None:
+        """Untag an image, and remove it unless a container still uses it (it goes later)."""
+        for ref in summary.get("RepoTags") or []:
+            if ref != "<none>:<none>":
+                self.remove_image(ref, force=True)
+        try:
+            self.remove_image(summary["Id"])
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
 
     def tag(self, image: str, repository: str, tag: str) -> None:
         self._call(self.client.api.tag, image, repository, tag, force=True)

@@ -125,14 +125,14 @@ class Environments:
         spec = plan.spec
         data.update(spec.to_json())
         data["name"] = loc.name
-        image = self.builder.find_image(self.builder.image_ref(plan)) if plan.hash else None
+        current = self.builder.find_image(self.builder.image_ref(plan)) if plan.hash else None
+        # Out of date: the last build's image still runs the kernel, so show it.
+        image = current or self.builder.find_image(self.builder.latest_ref(loc.name))
+        data["spec_hash"] = plan.hash or None
         if image is not None:
-            data["spec_hash"] = plan.hash
             data["image"] = image.to_json()
             data["lock"] = self.builder.lock_of(image) or read_lock(loc.folder)
-        elif plan.hash:
-            data["spec_hash"] = plan.hash
-        data["state"] = self._state(loc, plan, image is not None)
+        data["state"] = self._state(loc, plan, current is not None)
         if self.builder.settings.registry and plan.hash:
             data["registry"] = {
                 "image": self.builder.registry_ref(plan),
@@ -235,7 +235,7 @@ class Environments:
         if self.jobs.active(name):
             raise EnvConflict(f"{name} has a build, push or pull running: cancel it first")
         for image in self.builder.env_images(name):
-            self.builder.engine.remove_image(image["Id"], force=True)
+            self.builder.engine.remove_image_tags(image)
         shutil.rmtree(loc.folder)
 
     def kernel_specs(self, extra_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:

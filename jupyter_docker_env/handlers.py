@@ -65,7 +65,7 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         try:
             return await self.ext.engine.run(fn, *args)
         except SpecError as exc:
-            raise ApiError(400, str(exc), exc.field) from exc
+            raise ApiError(400, exc.message, exc.field) from exc
         except EnvNotFound as exc:
             raise ApiError(404, str(exc)) from exc
         except EnvReadOnly as exc:

@@ -7,6 +7,7 @@ in memory, so a client that disconnects and comes back reads the whole log from 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 import uuid
@@ -15,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+# Colour and cursor codes that pip and apt print: noise in a log read in a browser.
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -49,7 +52,7 @@ class Job:
 
     # -- called from the worker thread ----------------------------------------------------
     def emit(self, line: str) -> None:
-        self.log.append(line.rstrip("\n"))
+        self.log.append(ANSI_ESCAPE.sub("", line.rstrip("\n")))
 
     def set_step(self, step: int, total: int) -> None:
         self.step, self.total_steps = step, total

@@ -11,11 +11,11 @@ import fnmatch
 import hashlib
 import json
 import re
+import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import tomllib
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
