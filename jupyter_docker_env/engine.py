@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import json
+import os
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -133,7 +134,7 @@ class Engine:
             )
         return EngineInfo(
             available=True,
-            host=self.host or self.client.api.base_url,
+            host=self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
             version=version.get("Version"),
             api_version=version.get("ApiVersion"),
             runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
