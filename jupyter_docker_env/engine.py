@@ -176,31 +176,20 @@ class Engine:
         self._call(self.client.api.tag, image, repository, tag, force=True)
 
     def pull(self, ref: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
-        """Pull, yielding the engine's progress messages; raise on failure."""
-        repo, _, tag = _split_tag(ref)
-        try:
-            stream = self._call(
-                self.client.api.pull,
-                repo,
-                tag=tag or "latest",
-                stream=True,
-                decode=True,
-                auth_config=auth,
-            )
-            yield from _raise_on_error(stream, RegistryError)
-        except docker.errors.APIError as exc:
-            raise RegistryError(str(exc.explanation or exc)) from exc
+        """Pull, yielding the engine's progress messages; raise RegistryError on failure."""
+        return self._transfer(self.client.api.pull, ref, auth)
 
     def push(self, ref: str, auth: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """Push, yielding the engine's progress messages; raise RegistryError on failure."""
+        return self._transfer(self.client.api.push, ref, auth)
+
+    def _transfer(
+        self, op: Callable[..., Any], ref: str, auth: dict[str, str] | None
+    ) -> Iterator[dict[str, Any]]:
         repo, _, tag = _split_tag(ref)
         try:
             stream = self._call(
-                self.client.api.push,
-                repo,
-                tag=tag or "latest",
-                stream=True,
-                decode=True,
-                auth_config=auth,
+                op, repo, tag=tag or "latest", stream=True, decode=True, auth_config=auth
             )
             yield from _raise_on_error(stream, RegistryError)
         except docker.errors.APIError as exc:
