@@ -30,7 +30,9 @@ def _docker_up() -> str:
         return ref
     out = subprocess.run(
         ["bash", str(REPO / "scripts" / "docker-up.sh")],
-        check=False, capture_output=True, text=True,
+        check=False,
+        capture_output=True,
+        text=True,
     )
     if out.returncode != 0:
         if os.environ.get("CI"):
@@ -58,6 +60,12 @@ def jde_engine(jde_base_image: str) -> Iterator[Engine]:
     yield engine
     for c in engine.containers({JDE_TEST_LABEL: None}):
         engine.remove_container(c["Id"])
+    # Each run builds new content hashes; keep only each test environment's latest image, whose
+    # layers serve the next run from the cache.
+    for image in engine.images({LABEL_MANAGED: "true"}):
+        for ref in image.get("RepoTags") or []:
+            if ref.startswith("jde-test/") and not ref.endswith(":latest"):
+                engine.remove_image(ref, force=True)
     engine.close()
 
 
