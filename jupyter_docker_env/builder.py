@@ -171,6 +171,13 @@ class Builder:
             dockerfile.dockerignore(spec),
         )
 
+    def _job_plan(self, folder: Path, job: Job, from_lock: bool = False) -> Plan:
+        """plan() for a job: a spec error fails the job, naming the field."""
+        try:
+            return self.plan(folder, job, from_lock=from_lock)
+        except SpecError as exc:
+            raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
+
     def _base_id(self, spec: EnvSpec, job: Job | None) -> str:
         assert spec.base is not None
         found = self.engine.inspect_image(spec.base)
@@ -219,10 +226,7 @@ class Builder:
     # -- the build -------------------------------------------------------------------------
     def build(self, folder: Path, options: BuildOptions, job: Job) -> dict[str, Any]:
         job.emit(f"Reading {folder}")
-        try:
-            plan = self.plan(folder, job, from_lock=options.from_lock)
-        except SpecError as exc:
-            raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
+        plan = self._job_plan(folder, job, from_lock=options.from_lock)
         ref = self.image_ref(plan)
         job.emit(f"Environment {plan.spec.name}: image {ref}")
         if plan.dockerfile is not None and os.access(plan.folder, os.W_OK):
@@ -403,17 +407,11 @@ class Builder:
 
     def pull_env(self, folder: Path, job: Job) -> dict[str, Any]:
         """Pull the environment's image from the registry instead of building it."""
-        try:
-            plan = self.plan(folder, job)
-        except SpecError as exc:
-            raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
+        plan = self._job_plan(folder, job)
         return self._finish(plan, self.pull(plan, job), built=False, pulled=True, job=job)
 
     def push(self, folder: Path, job: Job) -> dict[str, Any]:
-        try:
-            plan = self.plan(folder, job)
-        except SpecError as exc:
-            raise JobFailed(str(exc), step=f"spec field {exc.field}") from exc
+        plan = self._job_plan(folder, job)
         image = self.find_image(self.image_ref(plan))
         if image is None:
             raise JobFailed(f"{plan.spec.name} is not built yet (or changed since): build it first")
