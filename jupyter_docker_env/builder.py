@@ -216,8 +216,19 @@ class Builder:
             digest=digests[0].split("@", 1)[1] if digests else None,
         )
 
-    def env_images(self, name: str) -> list[dict[str, Any]]:
-        return self.engine.images({LABEL_MANAGED: "true", LABEL_ENV: name})
+    def env_images(self, name: str | None = None) -> list[dict[str, Any]]:
+        """This builder's images (of one environment, or all), by label and image prefix.
+
+        The prefix matters on a shared engine: other users' (or tests') images of an
+        environment with the same name carry the same labels.
+        """
+        labels: dict[str, str | None] = {LABEL_MANAGED: "true", LABEL_ENV: name}
+        prefix = f"{self.settings.image_prefix}/"
+        return [
+            image
+            for image in self.engine.images(labels)
+            if any(tag.startswith(prefix) for tag in image.get("RepoTags") or [])
+        ]
 
     def lock_of(self, image: ImageInfo) -> dict[str, list[str]] | None:
         raw = image.labels.get(LABEL_LOCK)

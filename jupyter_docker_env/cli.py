@@ -18,7 +18,7 @@ from jupyter_core.paths import jupyter_data_dir
 
 from . import __version__, kernelspecs
 from .builder import LABEL_ENV, LABEL_GPU, Builder, BuildOptions, read_lock, registry_problem
-from .engine import LABEL_MANAGED, Engine, EngineError
+from .engine import Engine, EngineError
 from .jobs import Cancelled, Job, JobFailed
 from .spec import SpecError
 
@@ -103,9 +103,8 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def _images(builder: Builder, name: str | None = None) -> list[dict[str, Any]]:
-    labels: dict[str, str | None] = {LABEL_MANAGED: "true", LABEL_ENV: name}
     rows = []
-    for image in builder.engine.images(labels):
+    for image in builder.env_images(name):
         tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
         rows.append(
             {

@@ -64,7 +64,8 @@ def jde_engine(jde_base_image: str) -> Iterator[Engine]:
     # layers serve the next run from the cache.
     for image in engine.images({LABEL_MANAGED: "true"}):
         for ref in image.get("RepoTags") or []:
-            if ref.startswith("jde-test/") and not ref.endswith(":latest"):
+            per_run = ref.startswith("jde-test-ui-")
+            if per_run or (ref.startswith("jde-test/") and not ref.endswith(":latest")):
                 engine.remove_image(ref, force=True)
     engine.close()
 

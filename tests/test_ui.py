@@ -51,7 +51,8 @@ def lab(jde_base_image: str, jde_tmp: Path) -> Iterator[tuple[str, str, Path]]:
             "--ServerApp.allow_root=True",
             f"--DockerEnvApp.default_base={jde_base_image}",
             f"--DockerEnvApp.ca_bundle={CA_BUNDLE or ''}",
-            "--DockerEnvApp.image_prefix=jde-test",
+            # A prefix of its own, so this run's "uitest" starts unbuilt whatever ran before.
+            f"--DockerEnvApp.image_prefix=jde-test-ui-{secrets.token_hex(4)}",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
@@ -82,7 +83,9 @@ def lab(jde_base_image: str, jde_tmp: Path) -> Iterator[tuple[str, str, Path]]:
         log.close()
 
 
-def test_panel_main_path_in_a_real_browser(lab: tuple[str, str, Path], jde_tmp: Path) -> None:
+def test_panel_main_path_in_a_real_browser(
+    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
+) -> None:
     url, token, _workspace = lab
     npx = shutil.which("npx")
     assert npx, "node/npx is needed for the UI tests"
