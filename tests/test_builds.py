@@ -198,3 +198,26 @@ def test_unknown_base_fails_before_building(
         build(builder, folder)
     assert err.value.step == "spec field base"
     assert "no/such-image" in str(err.value)
+
+
+def test_environment_yml_with_only_pip_dependencies_needs_no_conda(
+    builder: Builder, jde_tmp: Path
+) -> None:
+    folder = jde_tmp / "yml"
+    folder.mkdir()
+    (folder / "environment.yml").write_text(
+        f"name: yml\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n    - six==1.16.0\n"
+        f"# run {RUN}\n"
+    )
+    result, _ = build(builder, folder)
+    assert "six==1.16.0" in result["lock"]["pip"]
+
+
+def test_conda_packages_on_a_base_without_conda_fail_with_what_to_do(
+    builder: Builder, jde_tmp: Path
+) -> None:
+    folder = make_env(jde_tmp, "needsconda", f'conda = ["numpy=1.26"]\nenv = {{ RUN = "{RUN}" }}\n')
+    with pytest.raises(JobFailed) as err:
+        build(builder, folder)
+    assert "needs conda" in str(err.value)
+    assert "continuumio/miniconda3" in str(err.value)
