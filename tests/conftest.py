@@ -161,7 +161,10 @@ def _serve_registry(engine: Engine, htpasswd: bool) -> Iterator[str]:
 
     binary = shutil.which("docker-registry")
     if binary is None:
-        pytest.skip("Debian's docker-registry is not installed (`make docker` installs it)")
+        message = "Debian's docker-registry is not installed (`make docker` installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     root = Path(tempfile.mkdtemp(prefix="jde-test-registry-"))
     host = f"127.0.0.1:{jde_free_port()}"
     auth = ""
