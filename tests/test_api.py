@@ -343,3 +343,31 @@ async def test_admin_provided_environments_are_read_only(
     assert "administrator" in err["message"]
     await call(jp_fetch, "envs/team", "DELETE", expect=403)
     assert (shared / "team" / "docker-env.toml").read_text() == f'base = "{jde_base_image}"\n'
+
+
+@docker
+async def test_server_start_sweeps_kernel_containers_a_crash_left_behind(
+    jp_serverapp: Any, jde_engine: Any, jde_base_image: str
+) -> None:
+    # Given a kernel container that an earlier run of this same server left when it crashed
+    from jupyter_docker_env.provisioner import LABEL_INSTANCE, instance_id_for
+
+    instance = instance_id_for(str(jp_serverapp.root_dir), jp_serverapp.port)
+    orphan = jde_engine.create_container(
+        jde_base_image,
+        command=["sleep", "600"],
+        labels={LABEL_INSTANCE: instance, label("managed"): "true", label("test"): "1"},
+    )
+    jde_engine.start_container(orphan["Id"])
+    other = jde_engine.create_container(
+        jde_base_image,
+        command=["sleep", "600"],
+        labels={LABEL_INSTANCE: "srv-another-server", label("test"): "1"},
+    )
+    # When the server (re)starts
+    ext = jp_serverapp.web_app.settings["docker_env"]
+    await ext._start_jupyter_server_extension(jp_serverapp)
+    # Then the orphan is gone, and nothing else was touched
+    assert jde_engine.inspect_container(orphan["Id"]) is None
+    assert jde_engine.inspect_container(other["Id"]) is not None
+    jde_engine.remove_container(other["Id"])
