@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import tomllib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,6 @@ class Builder:
                 tag=None,
                 labels=self._labels(plan),
                 nocache=options.no_cache,
-                pull=False,
                 buildargs=buildargs,
             )
             return self._follow(stream, job)
@@ -403,18 +403,24 @@ class Builder:
     def pull(self, plan: Plan, job: Job) -> ImageInfo:
         remote = self._remote(plan)
         job.emit(f"Pulling {remote}")
-        try:
-            for msg in self.engine.pull(remote, self.settings.registry_auth):
-                job.check_cancelled()
-                _log_pull(job, msg)
-        except RegistryError as exc:
-            raise JobFailed(_registry_message(remote, exc), step="pull") from exc
+        self._transfer(self.engine.pull, remote, job, step="pull")
         ref = self.image_ref(plan)
         repo, _, tag = ref.rpartition(":")
         self.engine.tag(remote, repo, tag)
         image = self.find_image(ref)
         assert image is not None
         return image
+
+    def _transfer(
+        self, op: Callable[..., Iterator[dict[str, Any]]], remote: str, job: Job, step: str
+    ) -> None:
+        """Follow a push or pull in the job's log; registry errors fail the job in plain words."""
+        try:
+            for msg in op(remote, self.settings.registry_auth):
+                job.check_cancelled()
+                _log_pull(job, msg)
+        except RegistryError as exc:
+            raise JobFailed(_registry_message(remote, exc), step=step) from exc
 
     def pull_env(self, folder: Path, job: Job) -> dict[str, Any]:
         """Pull the environment's image from the registry instead of building it."""
@@ -433,12 +439,10 @@ class Builder:
             self.engine.tag(image.id, repo, remote_tag)
             job.emit(f"Pushing {remote}")
             try:
-                for msg in self.engine.push(remote, self.settings.registry_auth):
-                    job.check_cancelled()
-                    _log_pull(job, msg)
-            except RegistryError as exc:
+                self._transfer(self.engine.push, remote, job, step="push")
+            except JobFailed:
                 self.engine.remove_image(remote)  # only the tag made for the push; image stays
-                raise JobFailed(_registry_message(remote, exc), step="push") from exc
+                raise
             pushed.append(remote)
         digest = self.engine.registry_digest(pushed[0], self.settings.registry_auth)
         job.emit(f"Pushed {', '.join(pushed)} ({digest})")

@@ -112,13 +112,9 @@ class Engine:
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except docker.errors.NotFound:
-            raise
         except docker.errors.APIError:
-            raise
-        except docker.errors.DockerException as exc:
-            raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
-        except OSError as exc:  # connection refused, socket missing
+            raise  # the engine answered: callers map its refusals
+        except (docker.errors.DockerException, OSError) as exc:  # socket missing, refused, …
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
 
     # -- engine ----------------------------------------------------------------------------
@@ -214,7 +210,6 @@ class Engine:
         tag: str | None,
         labels: dict[str, str],
         nocache: bool = False,
-        pull: bool = False,
         buildargs: dict[str, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Build with the engine's (legacy) builder, yielding its decoded JSON messages."""
@@ -224,7 +219,6 @@ class Engine:
             tag=tag,
             labels=labels,
             nocache=nocache,
-            pull=pull,
             rm=True,
             forcerm=True,
             decode=True,
