@@ -4,6 +4,10 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
+# Recipes find the venv's tools (jlpm, jupyter, node scripts calling them) without an activated
+# virtualenv, as on a fresh machine: CI runs from a minimal PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+unexport VIRTUAL_ENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 FRONTEND := $(wildcard labextension/src/*) labextension/package.json labextension/yarn.lock

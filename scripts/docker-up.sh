@@ -8,8 +8,30 @@ STATE_DIR=${DOCKER_ENV_STATE_DIR:-/var/lib/jupyter-docker-env}
 LOG_DIR=${DOCKER_ENV_LOG_DIR:-/var/log/jupyter-docker-env}
 REGISTRY_PORT=${DOCKER_ENV_REGISTRY_PORT:-5000}
 BASE_REPO=${DOCKER_ENV_BASE_REPO:-docker-env/python}
-BASE_TAG=${DOCKER_ENV_BASE_TAG:-3.11-bookworm}
-SUITE=bookworm
+
+# The Debian (or Ubuntu) mirror and suite of the base image: this machine's own apt sources name
+# a mirror it can reach (deb822 .sources files or sources.list). Override both if needed.
+apt_source() {  # prints "MIRROR SUITE" of the first non-security deb source
+    {
+        # deb822 stanzas: print "URI SUITE" per stanza of Types: deb
+        for f in /etc/apt/sources.list.d/*.sources; do
+            [ -f "$f" ] && awk '
+                function flush() { if (deb && uri != "" && suite != "") print uri, suite; deb=0; uri=""; suite="" }
+                /^[[:space:]]*$/ { flush(); next }
+                /^Types:/ { deb = ($0 ~ /(^|[[:space:]])deb([[:space:]]|$)/) }
+                /^URIs:/ { uri = $2 }
+                /^Suites:/ { suite = $2 }
+                END { flush() }' "$f"
+        done
+        # one-line style: deb [options] URI SUITE COMPONENTS...
+        cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+            | sed -E 's/\[[^]]*\]//' | awk '$1 == "deb" { print $2, $3 }'
+    } | grep -v -e security -e updates -e backports | head -n 1
+}
+read -r FOUND_MIRROR FOUND_SUITE < <(apt_source || true) || true
+MIRROR=${DOCKER_ENV_DEBIAN_MIRROR:-${FOUND_MIRROR:-}}
+SUITE=${DOCKER_ENV_DEBIAN_SUITE:-${FOUND_SUITE:-}}
+BASE_TAG=${DOCKER_ENV_BASE_TAG:-python3-${SUITE:-unknown}}
 
 mkdir -p "$LOG_DIR" 2>/dev/null || true
 say() { echo "make docker: $*" >&2; }
@@ -76,12 +98,10 @@ if ! curl -fsS -m 5 -o /dev/null 2>/dev/null "http://$REGISTRY/v2/$BASE_REPO/man
     if ! $DOCKER image inspect "$BASE" >/dev/null 2>&1; then
         command -v debootstrap >/dev/null || { say "installing debootstrap"; apt_install debootstrap; }
         [ "$(id -u)" = 0 ] || die "building the base image needs root (debootstrap)."
-        MIRROR=$( (grep -rhE '^(URIs:|deb )' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true) \
-                 | grep -oE 'https?://[^ ]+/debian/?' | grep -v security | head -1 || true)
-        MIRROR=${MIRROR:-http://deb.debian.org/debian}
+        [ -n "$MIRROR" ] && [ -n "$SUITE" ] || die "no Debian/Ubuntu mirror and suite found in this machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/). Set DOCKER_ENV_DEBIAN_MIRROR (e.g. http://deb.debian.org/debian) and DOCKER_ENV_DEBIAN_SUITE (e.g. bookworm), then run 'make docker' again."
         ROOTFS=$(mktemp -d /tmp/docker-env-rootfs.XXXXXX)
         trap 'rm -rf "$ROOTFS"' EXIT
-        say "building $BASE from $MIRROR with debootstrap (about a minute)"
+        say "building $BASE from $MIRROR ($SUITE) with debootstrap (about a minute)"
         debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
             "$SUITE" "$ROOTFS" "$MIRROR" >"$LOG_DIR/debootstrap.log" 2>&1 \
             || die "debootstrap failed; see $LOG_DIR/debootstrap.log"
