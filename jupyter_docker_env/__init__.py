@@ -17,6 +17,6 @@ def _jupyter_labextension_paths() -> list[dict[str, str]]:
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    from .app import DockerEnvApp
+    from .server.app import DockerEnvApp
 
     return [{"module": "jupyter_docker_env", "app": DockerEnvApp}]

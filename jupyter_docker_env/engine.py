@@ -1,8 +1,13 @@
 """The one place that talks to the Docker engine.
 
 Every call here blocks (the Docker SDK is synchronous). Code running on the server's event loop
-awaits them through :meth:`Engine.run`, which hands them to one small thread pool, so a slow
-engine never freezes the server.
+awaits short calls (inspect, poll, kill) through :meth:`Engine.run`, which hands them to the
+engine's own small thread pool; long work (builds, pushes, pulls, listings) runs on the executors
+of the services that own it, so a build never delays a kernel's poll.
+
+Builds go through BuildKit where the engine offers it and a Docker CLI that can drive it is
+installed (docker-py itself only speaks the legacy builder), with cache mounts for pip and apt;
+otherwise through the legacy builder. Both yield the same :class:`BuildEvent` stream.
 """
 
 from __future__ import annotations
@@ -11,27 +16,28 @@ import asyncio
 import contextlib
 import functools
 import io
-import json
 import os
+import re
+import shutil
+import subprocess
 import tarfile
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
 from docker.types import DeviceRequest
 
+from .labels import MANAGED, label_instruction
+
 T = TypeVar("T")
-
-LABEL_PREFIX = "org.jupyter.docker-env"
-LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
-
-
-def label(name: str) -> str:
-    return f"{LABEL_PREFIX}.{name}"
+Builder = Literal["buildkit", "legacy"]
+BuilderSetting = Literal["auto", "buildkit", "legacy"]
 
 
 class EngineError(Exception):
@@ -58,10 +64,25 @@ class EngineInfo:
     api_version: str | None = None
     reason: str | None = None
     runtimes: tuple[str, ...] = ()
+    builder: Builder | None = None
 
     @property
     def gpu_runtime(self) -> bool:
         return "nvidia" in self.runtimes
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    """One thing a build reported, the same for both builders.
+
+    ``kind`` is "step" (``step``/``total``/``text`` is the instruction), "line" (output),
+    "error" (``text`` is the engine's reason) or "image" (``text`` is the built image's id).
+    """
+
+    kind: Literal["step", "line", "error", "image"]
+    text: str
+    step: int = 0
+    total: int = 0
 
 
 def _unavailable_reason(host: str | None, exc: Exception) -> str:
@@ -76,12 +97,22 @@ def _unavailable_reason(host: str | None, exc: Exception) -> str:
 class Engine:
     """A Docker engine reached through the Docker SDK, with an executor for async callers."""
 
-    def __init__(self, host: str | None = None, timeout: int = 120, workers: int = 4) -> None:
+    def __init__(
+        self,
+        host: str | None = None,
+        timeout: int = 120,
+        workers: int = 4,
+        builder: BuilderSetting | str = "auto",
+        docker_cli: str = "",
+    ) -> None:
         self.host = host or None
         self._timeout = timeout
         self._client: docker.DockerClient | None = None
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker-env")
+        self._builder_setting = builder
+        self._docker_cli = docker_cli
+        self._buildkit_cli: str | Literal[False] | None = False  # False: not looked up yet
 
     # -- plumbing ------------------------------------------------------------------------
     @property
@@ -134,7 +165,71 @@ class Engine:
             version=version.get("Version"),
             api_version=version.get("ApiVersion"),
             runtimes=tuple(sorted((info.get("Runtimes") or {}).keys())),
+            builder=self.builder(),
         )
+
+    # -- builders --------------------------------------------------------------------------
+    def builder(self) -> Builder:
+        """The builder that builds here: "buildkit" when both the engine and a Docker CLI can,
+        unless configured otherwise; "legacy" else."""
+        if self._builder_setting == "legacy":
+            return "legacy"
+        cli = self.buildkit_cli()
+        if cli is None and self._builder_setting == "buildkit":
+            raise EngineError(
+                "c.DockerEnvApp.builder is 'buildkit' but no Docker CLI here can build with "
+                "BuildKit against this engine (a client before 23.0, or one with the buildx "
+                "plugin, and an engine of API 1.39 or later). Install one, set "
+                "c.DockerEnvApp.docker_cli to its path, or set the builder to 'auto'."
+            )
+        return "buildkit" if cli else "legacy"
+
+    def buildkit_cli(self) -> str | None:
+        """A Docker CLI that drives this engine's BuildKit, or None. Looked up once."""
+        if self._buildkit_cli is False:
+            self._buildkit_cli = self._find_buildkit_cli()
+        return self._buildkit_cli
+
+    def _find_buildkit_cli(self) -> str | None:
+        try:
+            api = str(self._call(self.client.version).get("ApiVersion", "0"))
+        except (EngineError, docker.errors.DockerException):
+            return None
+        if tuple(int(p) for p in api.split(".")[:2]) < (1, 39):
+            return None
+        candidates = [self._docker_cli] if self._docker_cli else []
+        candidates += [shutil.which("docker") or "", "/usr/bin/docker"]
+        for cli in dict.fromkeys(c for c in candidates if c and os.access(c, os.X_OK)):
+            # Docker 23+ builds through the buildx plugin; older clients have BuildKit built in.
+            if self._cli_ok(cli, "buildx", "version"):
+                return cli
+            version = self._cli_output(cli, "version", "--format", "{{.Client.Version}}")
+            if version and version.split(".")[0].isdigit() and int(version.split(".")[0]) < 23:
+                return cli
+        return None
+
+    def _cli_env(self) -> dict[str, str]:
+        env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+        if self.host:
+            env["DOCKER_HOST"] = self.host
+        return env
+
+    def _cli_ok(self, cli: str, *args: str) -> bool:
+        return self._cli_output(cli, *args) is not None
+
+    def _cli_output(self, cli: str, *args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                [cli, *args],
+                env=self._cli_env(),
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
 
     # -- images ----------------------------------------------------------------------------
     def inspect_image(self, ref: str) -> dict[str, Any] | None:
@@ -145,27 +240,42 @@ class Engine:
         except docker.errors.NotFound:
             return None
 
-    def images(self, labels: dict[str, str | None]) -> list[dict[str, Any]]:
-        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
-        # Untagged images (e.g. of a deleted environment, still used by a container) do not count.
-        summaries = self._call(
-            self.client.api.images, filters={"label": filters, "dangling": False}
-        )
-        return list(summaries)
+    def images(
+        self,
+        labels: dict[str, str | None] | None = None,
+        reference: str | None = None,
+        dangling: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Image summaries with these labels (a None value: any) and repository reference
+        (``repo`` or ``repo:tag``, globs allowed); untagged ones only when ``dangling``."""
+        filters: dict[str, Any] = {"dangling": dangling}
+        if labels:
+            filters["label"] = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        if reference:
+            filters["reference"] = reference
+        return list(self._call(self.client.api.images, filters=filters))
 
     def remove_image(self, ref: str, force: bool = False) -> None:
         with contextlib.suppress(docker.errors.ImageNotFound):
             self._call(self.client.api.remove_image, ref, force=force, noprune=False)
 
-    def remove_image_tags(self, summary: dict[str, Any]) -> None:
-        """Untag an image, and remove it unless a container still uses it (it goes later)."""
+    def remove_image_tags(self, summary: dict[str, Any], repository: str) -> None:
+        """Remove ``repository``'s tags of an image. The image goes with its last tag, unless
+        another repository still names it or a container still uses it (it goes later)."""
         for ref in summary.get("RepoTags") or []:
-            if ref != "<none>:<none>":
+            if ref.rpartition(":")[0] == repository:
                 self.remove_image(ref, force=True)
+        self.remove_if_unused(summary["Id"])
+
+    def remove_if_unused(self, image_id: str) -> None:
+        """Remove an image that no tag names and no container uses; keep it otherwise."""
+        data = self.inspect_image(image_id)
+        if data is None or data.get("RepoTags"):
+            return
         try:
-            self.remove_image(summary["Id"])
+            self.remove_image(image_id)
         except docker.errors.APIError as exc:
-            if exc.status_code != 409:
+            if exc.status_code != 409:  # in use, or the parent of another image
                 raise
 
     def tag(self, image: str, repository: str, tag: str) -> None:
@@ -206,30 +316,116 @@ class Engine:
 
     def build(
         self,
-        path: str,
-        tag: str | None,
-        labels: dict[str, str],
+        context: str,
+        dockerfile: str,
+        builder: Builder,
+        labels: dict[str, str] | None = None,
         nocache: bool = False,
         buildargs: dict[str, str] | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Build with the engine's (legacy) builder, yielding its decoded JSON messages."""
-        return self._call(  # type: ignore[no-any-return]
+    ) -> Iterator[BuildEvent]:
+        """Build ``dockerfile`` (an absolute path, inside the context or not) with ``builder``.
+
+        Yields the build's events, the same for both builders; the last is the "image" or an
+        "error". Closing the iterator stops the build. BuildKit takes ``labels`` as metadata; the
+        legacy builder would turn each into a build step, so callers put them in the Dockerfile.
+        """
+        if builder == "buildkit":
+            return self._build_buildkit(context, dockerfile, labels or {}, nocache, buildargs)
+        if labels:
+            raise ValueError("the legacy builder takes labels in the Dockerfile (one LABEL line)")
+        return self._build_legacy(context, dockerfile, nocache, buildargs)
+
+    def _build_legacy(
+        self, context: str, dockerfile: str, nocache: bool, buildargs: dict[str, str] | None
+    ) -> Iterator[BuildEvent]:
+        stream = self._call(
             self.client.api.build,
-            path=path,
-            tag=tag,
-            labels=labels,
+            path=context,
+            dockerfile=dockerfile,
             nocache=nocache,
             rm=True,
             forcerm=True,
             decode=True,
             buildargs=buildargs or None,
         )
+        try:
+            for msg in stream:
+                if "stream" in msg:
+                    for line in msg["stream"].splitlines():
+                        if m := _LEGACY_STEP.match(line):
+                            yield BuildEvent("step", m[3], int(m[1]), int(m[2]))
+                        elif line.strip():
+                            yield BuildEvent("line", line.strip())
+                elif "error" in msg:
+                    yield BuildEvent("error", str(msg["error"]).strip())
+                    return
+                elif "aux" in msg and "ID" in msg["aux"]:
+                    yield BuildEvent("image", str(msg["aux"]["ID"]))
+                elif "status" in msg and not msg.get("progressDetail"):
+                    # pulling the base image: one line per layer state, not per chunk
+                    status = str(msg["status"])
+                    yield BuildEvent("line", f"{msg['id']}: {status}" if msg.get("id") else status)
+        except docker.errors.DockerException as exc:
+            raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def _build_buildkit(
+        self,
+        context: str,
+        dockerfile: str,
+        labels: dict[str, str],
+        nocache: bool,
+        buildargs: dict[str, str] | None,
+    ) -> Iterator[BuildEvent]:
+        cli = self.buildkit_cli()
+        if cli is None:
+            raise EngineError("no Docker CLI here can build with BuildKit")
+        with tempfile.TemporaryDirectory(prefix="docker-env-iid-") as tmp:
+            iidfile = Path(tmp) / "iid"
+            cmd = [cli, "build", "--progress=plain", "--iidfile", str(iidfile), "-f", dockerfile]
+            if nocache:
+                cmd.append("--no-cache")
+            for key, value in labels.items():
+                cmd += ["--label", f"{key}={value}"]
+            for key, value in (buildargs or {}).items():
+                cmd += ["--build-arg", f"{key}={value}"]
+            cmd.append(context)
+            proc = subprocess.Popen(
+                cmd,
+                env=self._cli_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
+            assert proc.stdout is not None
+            parser = _BuildKitProgress()
+            try:
+                for raw in proc.stdout:
+                    for event in parser.feed(raw.rstrip("\n")):
+                        yield event
+                        if event.kind == "error":
+                            return
+                code = proc.wait()
+                if code != 0 or not iidfile.is_file():
+                    reason = parser.summary or f"docker build exited with code {code}"
+                    if "Cannot connect to the Docker daemon" in reason:
+                        raise EngineUnavailable(_unavailable_reason(self.host, Exception(reason)))
+                    yield BuildEvent("error", reason)
+                    return
+                yield BuildEvent("image", iidfile.read_text().strip())
+            finally:
+                if proc.poll() is None:
+                    proc.kill()  # the consumer stopped listening: cancelled
+                proc.wait()
+                proc.stdout.close()
 
     def add_labels(self, image: str, labels: dict[str, str], tag: str) -> str:
         """A new image that is ``image`` plus labels (metadata only: no new layer)."""
-        dockerfile = f"FROM {image}\n" + "".join(
-            f"LABEL {k}={json.dumps(v)}\n" for k, v in labels.items()
-        )
+        dockerfile = f"FROM {image}\n{label_instruction(labels)}"
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
             data = dockerfile.encode()
@@ -260,7 +456,7 @@ class Engine:
             self.client.containers.create,
             image,
             command,
-            labels={LABEL_MANAGED: "true"},
+            labels={MANAGED: "true"},
             network_disabled=True,
             entrypoint=[],
         )
@@ -339,6 +535,45 @@ class Engine:
         return bytes(out).decode(errors="replace")
 
 
+_LEGACY_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+class _BuildKitProgress:
+    """Turns ``docker build --progress=plain`` output into :class:`BuildEvent`s.
+
+    Its lines are ``#N [k/T] INSTRUCTION`` when vertex N starts step k of T, ``#N 1.23 text`` for
+    output, ``#N CACHED``, ``#N DONE 0.4s`` and ``#N ERROR: reason``; a summary follows an error.
+    """
+
+    _VERTEX = re.compile(r"^#(\d+) (.*)$")
+    _STEP = re.compile(r"^\[(?:[^\]]*? )?(\d+)/(\d+)\] (.*)$")
+    _OUTPUT = re.compile(r"^\d+\.\d+ (.*)$")
+
+    def __init__(self) -> None:
+        self.summary = ""
+        self._steps: dict[str, tuple[int, int, str]] = {}
+
+    def feed(self, line: str) -> Iterator[BuildEvent]:
+        m = self._VERTEX.match(line)
+        if not m:
+            if line.startswith(("error:", "ERROR:", "failed to solve")):
+                self.summary = line.split(":", 1)[1].strip() if ":" in line else line
+            return
+        vertex, rest = m[1], m[2]
+        if step := self._STEP.match(rest):
+            if vertex not in self._steps:
+                self._steps[vertex] = (int(step[1]), int(step[2]), step[3])
+                yield BuildEvent("step", step[3], int(step[1]), int(step[2]))
+        elif out := self._OUTPUT.match(rest):
+            if out[1].strip():
+                yield BuildEvent("line", out[1].rstrip())
+        elif rest == "CACHED":
+            if vertex in self._steps:
+                yield BuildEvent("line", "---> Using cache")
+        elif rest.startswith("ERROR:") and vertex in self._steps:
+            yield BuildEvent("error", rest[len("ERROR:") :].strip())
+
+
 def context_names(folder: str, patterns: list[str]) -> set[str]:
     """The files a `docker build` of ``folder`` sends, given its .dockerignore patterns."""
     from docker.utils.build import exclude_paths
@@ -370,13 +605,18 @@ APIError = docker.errors.APIError
 NotFound = docker.errors.NotFound
 
 
-_engines: dict[str | None, Engine] = {}
+_engines: dict[tuple[str | None, str, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def shared_engine(host: str | None = None) -> Engine:
+def shared_engine(
+    host: str | None = None,
+    builder: BuilderSetting | str = "auto",
+    docker_cli: str = "",
+) -> Engine:
     """One Engine (one client, one thread pool) per Docker host for the whole process."""
+    key = (host or None, builder, docker_cli)
     with _engines_lock:
-        if host not in _engines:
-            _engines[host] = Engine(host)
-        return _engines[host]
+        if key not in _engines:
+            _engines[key] = Engine(host, builder=builder, docker_cli=docker_cli)
+        return _engines[key]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from traitlets import HasTraits
 
-from jupyter_docker_env.app import DockerEnvApp
-from jupyter_docker_env.provisioner import DockerEnvProvisioner
+from jupyter_docker_env.kernels.provisioner import DockerEnvProvisioner
+from jupyter_docker_env.server.app import DockerEnvApp
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 INTRO = """# Configuration reference

@@ -6,18 +6,27 @@ import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from jupyter_docker_env.engine import LABEL_MANAGED, Engine, label
+from jupyter_docker_env.engine import Engine
+from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
+from jupyter_docker_env.labels import label
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
-# Every test resource carries this label value, so the session can sweep what it made.
+# The image prefix of every test environment. Test runs side by side on one engine (e.g. in
+# two checkouts) set their own, so neither sweeps the other's images.
+JDE_PREFIX = os.environ.get("JDE_TEST_PREFIX", "jde-test")
+# Every test resource carries this label with this session's id, so the session sweeps what it
+# made and nothing else.
 JDE_TEST_LABEL = label("test")
+JDE_SESSION = uuid.uuid4().hex[:12]
+JDE_TEST_LABELS = {JDE_TEST_LABEL: JDE_SESSION}
 CA_BUNDLE = next(
     (v for k in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE") if (v := os.environ.get(k))),
     None,
@@ -58,14 +67,14 @@ def jde_registry(jde_base_image: str) -> str:
 def jde_engine(jde_base_image: str) -> Iterator[Engine]:
     engine = Engine()
     yield engine
-    for c in engine.containers({JDE_TEST_LABEL: None}):
+    for c in engine.containers(JDE_TEST_LABELS):
         engine.remove_container(c["Id"])
     # Each run builds new content hashes; keep only each test environment's latest image, whose
     # layers serve the next run from the cache.
     for image in engine.images({LABEL_MANAGED: "true"}):
         for ref in image.get("RepoTags") or []:
-            per_run = ref.startswith("jde-test-ui-")
-            if per_run or (ref.startswith("jde-test/") and not ref.endswith(":latest")):
+            per_run = ref.startswith(f"{JDE_PREFIX}-ui-")
+            if per_run or (ref.startswith(f"{JDE_PREFIX}/") and not ref.endswith(":latest")):
                 engine.remove_image(ref, force=True)
     engine.close()
 
@@ -84,7 +93,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda it: 1 if it.get_closest_marker("docker") else 0)
 
 
-__all__ = ["CA_BUNDLE", "JDE_TEST_LABEL", "LABEL_MANAGED"]
+def jde_build_image(engine: Engine, dockerfile: str, tag: str, files: dict[str, Path]) -> str:
+    """Build a test image from Dockerfile text (and files copied into the context); tag it."""
+    with tempfile.TemporaryDirectory(prefix="jde-test-image-") as ctx:
+        for name, source in files.items():
+            shutil.copy(source, Path(ctx, name))
+        Path(ctx, "Dockerfile").write_text(
+            dockerfile + f"\nLABEL {JDE_TEST_LABEL}=1 {LABEL_MANAGED}=true\n"
+        )
+        log: list[str] = []
+        image_id = None
+        for event in engine.build(ctx, str(Path(ctx, "Dockerfile")), "legacy"):
+            if event.kind == "error":
+                pytest.fail(f"building {tag} failed: {event.text}\n" + "\n".join(log))
+            if event.kind == "image":
+                image_id = event.text
+            log.append(event.text)
+    assert image_id, log
+    repo, _, name = tag.rpartition(":")
+    engine.tag(image_id, repo, name)
+    return tag
+
+
+__all__ = ["CA_BUNDLE", "JDE_PREFIX", "JDE_SESSION", "JDE_TEST_LABEL", "JDE_TEST_LABELS"]
 
 
 # -- kernel image (appended for the provisioner tests) -------------------------------------------
@@ -104,17 +135,13 @@ def jde_kernel_image(jde_base_image: str, jde_engine: Engine) -> str:
 
     Built once per session; the engine's layer cache makes later sessions near instant.
     """
-    tag = "jde-test/kernel:latest"
-    with tempfile.TemporaryDirectory(prefix="jde-kernel-image-") as ctx:
-        ca_bundle = CA_BUNDLE or "/etc/ssl/certs/ca-certificates.crt"
-        shutil.copy(ca_bundle, Path(ctx, "ca-certificates.crt"))
-        Path(ctx, "Dockerfile").write_text(JDE_KERNEL_DOCKERFILE.format(base=jde_base_image))
-        log: list[str] = []
-        for msg in jde_engine.build(ctx, tag, labels={JDE_TEST_LABEL: "1", LABEL_MANAGED: "true"}):
-            if "error" in msg:
-                pytest.fail(f"building the kernel image failed: {msg['error']}\n{''.join(log)}")
-            log.append(str(msg.get("stream", "")))
-    return tag
+    ca_bundle = Path(CA_BUNDLE or "/etc/ssl/certs/ca-certificates.crt")
+    return jde_build_image(
+        jde_engine,
+        JDE_KERNEL_DOCKERFILE.format(base=jde_base_image),
+        f"{JDE_PREFIX}/kernel:latest",
+        {"ca-certificates.crt": ca_bundle},
+    )
 
 
 # -- loopback registries (appended for the registry and CLI tests) -------------------------------

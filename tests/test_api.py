@@ -15,9 +15,9 @@ from jupyter_server.auth import Authorizer
 from openapi_schema_validator import OAS30Validator
 
 import jupyter_docker_env
-from jupyter_docker_env.engine import label
+from jupyter_docker_env.labels import label
 
-from .conftest import CA_BUNDLE
+from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
 
 API = "jupyter-docker-env/api"
 OPENAPI = yaml.safe_load((Path(jupyter_docker_env.__file__).parent / "openapi.yaml").read_text())
@@ -37,7 +37,7 @@ def check_schema(path: str, method: str, status: int, body: Any) -> None:
 
 @pytest.fixture
 def jp_server_config(jp_root_dir: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
-    docker_env: dict[str, Any] = {"default_base": "python:3.12-slim", "image_prefix": "jde-test"}
+    docker_env: dict[str, Any] = {"default_base": "python:3.12-slim", "image_prefix": JDE_PREFIX}
     marker = request.node.get_closest_marker("docker_env_config")
     if marker:
         docker_env.update(marker.args[0])
@@ -60,7 +60,11 @@ async def call(
     assert resp.code == expect, resp.body
     data = json.loads(resp.body) if resp.body else None
     template = "/" + path
-    for key, pattern in (("envs/", "/envs/{name}"), ("builds/", "/builds/{id}")):
+    for key, pattern in (
+        ("envs/", "/envs/{name}"),
+        ("builds/", "/builds/{id}"),
+        ("operations/", "/operations/{id}"),
+    ):
         if path.startswith(key):
             rest = path[len(key) :].split("/", 1)
             template = pattern + ("/" + rest[1] if len(rest) > 1 else "")
@@ -139,16 +143,12 @@ async def test_status_with_the_engine_up(jp_fetch: Any, jde_base_image: str) -> 
     assert status["engine"]["available"] is True
     assert status["engine"]["version"]
     assert status["engine"]["api_version"]
-    assert (
-        status["gpu"]
-        == {
-            "available": False,
-            "runtimes": ["io.containerd.runc.v2", "io.containerd.runtime.v1.linux", "runc"],
-            "reason": status["gpu"]["reason"],
-        }
-        or status["gpu"]["available"] is False
-    )
-    assert "NVIDIA" in status["gpu"]["reason"]
+    assert status["engine"]["builder"] in ("buildkit", "legacy")
+    # This engine has no NVIDIA runtime: no GPU, and the reason says what to install
+    assert status["gpu"]["available"] is False
+    assert "runc" in status["gpu"]["runtimes"]
+    assert "nvidia" not in status["gpu"]["runtimes"]
+    assert "NVIDIA Container Toolkit" in status["gpu"]["reason"]
 
 
 @docker
@@ -210,15 +210,15 @@ async def test_environment_crud_and_field_errors(
     await call(jp_fetch, "envs/crud", expect=404)
 
 
-async def wait_job(jp_fetch: Any, job_id: str) -> dict[str, Any]:
+async def wait_operation(jp_fetch: Any, operation_id: str) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 600
     while loop.time() < deadline:
-        job = await call(jp_fetch, f"builds/{job_id}")
-        if job["state"] not in ("queued", "running"):
-            return job  # type: ignore[no-any-return]
+        op = await call(jp_fetch, f"operations/{operation_id}")
+        if op["state"] not in ("queued", "running"):
+            return op  # type: ignore[no-any-return]
         await asyncio.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish")
+    raise AssertionError(f"operation {operation_id} did not finish")
 
 
 @docker
@@ -241,18 +241,18 @@ async def test_build_followed_by_a_second_client_and_kernel_appears(
     # the first client reads a little, then "disconnects"
     partial = await call(jp_fetch, f"builds/{first['id']}", params={"offset": "0"})
     env = await call(jp_fetch, "envs/apibuild")
-    assert env["job"]["id"] == first["id"]
+    assert env["operation"]["id"] == first["id"]
     # When another client follows the build from where the first left off, and from the start
-    done = await wait_job(jp_fetch, first["id"])
+    done = await wait_operation(jp_fetch, first["id"])
     assert done["state"] == "succeeded", done["log"][-20:]
     rest = await call(
-        jp_fetch, f"builds/{first['id']}", params={"offset": str(partial["log_offset"])}
+        jp_fetch, f"operations/{first['id']}", params={"offset": str(partial["log_offset"])}
     )
-    whole = await call(jp_fetch, f"builds/{first['id']}")
+    whole = await call(jp_fetch, f"operations/{first['id']}")
     # Then together they saw the whole log, and the outcome
     assert partial["log"] + rest["log"] == whole["log"]
     assert whole["progress"] == 1.0
-    assert done["image"].startswith("jde-test/apibuild:")
+    assert done["image"].startswith(f"{JDE_PREFIX}/apibuild:")
     env = await call(jp_fetch, "envs/apibuild")
     assert env["state"] == "built"
     assert env["image"]["size"] > 0
@@ -288,7 +288,7 @@ async def test_build_followed_by_a_second_client_and_kernel_appears(
     assert outdated["image"]["id"] == env["image"]["id"]  # the last build still serves kernels
     # Deleting works although a kernel of it ran (its network sandbox may still use the image)
     await call(jp_fetch, "envs/apibuild", "DELETE", expect=204)
-    assert engine.images({label("env"): "apibuild"}) == []
+    assert engine.images(reference=f"{JDE_PREFIX}/apibuild") == []
     specs = json.loads((await jp_fetch("api", "kernelspecs")).body)["kernelspecs"]
     assert "docker-env-apibuild" not in specs
 
@@ -304,17 +304,17 @@ async def test_a_failing_build_reports_its_step_and_cancel_works(
         {"name": "apifail", "base": jde_base_image, "apt": ["no-such-package-jde"]},
         expect=201,
     )
-    job = await call(jp_fetch, "envs/apifail/builds", "POST", {}, expect=202)
-    done = await wait_job(jp_fetch, job["id"])
+    op = await call(jp_fetch, "envs/apifail/builds", "POST", {}, expect=202)
+    done = await wait_operation(jp_fetch, op["id"])
     assert done["state"] == "failed"
     assert "apt-get install" in done["failed_step"]
     assert "E: Unable to locate package no-such-package-jde" in done["error"]
     assert (await call(jp_fetch, "envs/apifail"))["state"] == "failed"
     # A cancelled build ends as cancelled
-    job = await call(jp_fetch, "envs/apifail/builds", "POST", {"no_cache": True}, expect=202)
-    cancelled = await call(jp_fetch, f"builds/{job['id']}", "DELETE", expect=202)
-    assert cancelled["id"] == job["id"]
-    done = await wait_job(jp_fetch, job["id"])
+    op = await call(jp_fetch, "envs/apifail/builds", "POST", {"no_cache": True}, expect=202)
+    cancelled = await call(jp_fetch, f"operations/{op['id']}", "DELETE", expect=202)
+    assert cancelled["id"] == op["id"]
+    done = await wait_operation(jp_fetch, op["id"])
     assert done["state"] == "cancelled"
 
 
@@ -334,7 +334,7 @@ async def test_admin_provided_environments_are_read_only(
     shared = tmp_path_factory.mktemp("shared-envs")
     (shared / "team").mkdir()
     (shared / "team" / "docker-env.toml").write_text(f'base = "{jde_base_image}"\n')
-    jp_serverapp.web_app.settings["docker_env"].envs.shared_env_dirs = [shared]
+    jp_serverapp.web_app.settings["docker_env"].environments.shared_env_dirs = [shared]
     # Then users see it, but cannot change or delete it
     env = await call(jp_fetch, "envs/team")
     assert env["readonly"] is True
@@ -350,19 +350,20 @@ async def test_server_start_sweeps_kernel_containers_a_crash_left_behind(
     jp_serverapp: Any, jde_engine: Any, jde_base_image: str
 ) -> None:
     # Given a kernel container that an earlier run of this same server left when it crashed
-    from jupyter_docker_env.provisioner import LABEL_INSTANCE, instance_id_for
+    from jupyter_docker_env.kernels.provisioner import instance_id_for
+    from jupyter_docker_env.labels import INSTANCE as LABEL_INSTANCE
 
     instance = instance_id_for(str(jp_serverapp.root_dir), jp_serverapp.port)
     orphan = jde_engine.create_container(
         jde_base_image,
         command=["sleep", "600"],
-        labels={LABEL_INSTANCE: instance, label("managed"): "true", label("test"): "1"},
+        labels={LABEL_INSTANCE: instance, label("managed"): "true", JDE_TEST_LABEL: JDE_SESSION},
     )
     jde_engine.start_container(orphan["Id"])
     other = jde_engine.create_container(
         jde_base_image,
         command=["sleep", "600"],
-        labels={LABEL_INSTANCE: "srv-another-server", label("test"): "1"},
+        labels={LABEL_INSTANCE: "srv-another-server", JDE_TEST_LABEL: JDE_SESSION},
     )
     # When the server (re)starts
     ext = jp_serverapp.web_app.settings["docker_env"]

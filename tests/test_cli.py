@@ -1,6 +1,6 @@
 """`jupyter-docker-env` end to end: the installed command, run as a user runs it.
 
-Each run gets its own Jupyter config dir (image prefix "jde-test", and credentials when a test
+Each run gets its own Jupyter config dir (the tests' image prefix, and credentials when a test
 sets them) and an empty Docker config dir, so neither the user's settings nor their `docker
 login` leak in. The CA bundle reaches builds through the ca_bundle default (PIP_CERT).
 """
@@ -18,17 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_docker_env.builder import LABEL_ENV
-from jupyter_docker_env.engine import LABEL_MANAGED, Engine
-from jupyter_docker_env.kernelspecs import PROVISIONER
-from jupyter_docker_env.spec import SPEC_FILE
+from jupyter_docker_env.engine import Engine
+from jupyter_docker_env.environments.spec import SPEC_FILE
+from jupyter_docker_env.kernels.kernelspecs import PROVISIONER
 
-from .conftest import CA_BUNDLE, JDE_REGISTRY_PASSWORD, JDE_REGISTRY_USER
+from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_REGISTRY_PASSWORD, JDE_REGISTRY_USER
 
 CLI = str(Path(sys.executable).parent / "jupyter-docker-env")
-BUILD_KEYS = {"name", "image", "image_id", "spec_hash", "built", "pulled", "kernel_name", "lock"}
-# A per-run value in the spec: each run builds anew, the layer cache serves the pip layer.
-SPEC = f'pip = ["six==1.16.0"]\nenv = {{ RUN = "{uuid.uuid4().hex[:8]}" }}\n'
+BUILD_KEYS = {
+    *("name", "image", "image_id", "spec_hash", "built", "pulled", "kernel_name", "lock"),
+    "shared_with",
+}
+# A per-run value in the specs: each run builds anew, the layer cache serves the pip layer.
+RUN = uuid.uuid4().hex[:8]
 ENV_PREFIX = "cli-"  # every environment built here, so the module can sweep its images
 
 
@@ -39,7 +41,7 @@ class Cli:
         for sub in ("jupyter-config", "jupyter-data", "jupyter-runtime", "docker-config"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         (home / "jupyter-config" / "jupyter_server_config.py").write_text(
-            'c.DockerEnvApp.image_prefix = "jde-test"\n' + config
+            f'c.DockerEnvApp.image_prefix = "{JDE_PREFIX}"\n' + config
         )
         self.docker_config = home / "docker-config"
         self.env = {
@@ -73,15 +75,16 @@ class Cli:
 @pytest.fixture(scope="module")
 def cli_sweep(jde_engine: Engine) -> Iterator[None]:
     yield
-    for image in jde_engine.images({LABEL_MANAGED: "true", LABEL_ENV: None}):
-        if (image.get("Labels") or {}).get(LABEL_ENV, "").startswith(ENV_PREFIX):
-            jde_engine.remove_image(image["Id"], force=True)
+    for image in jde_engine.images(reference=f"{JDE_PREFIX}/{ENV_PREFIX}*"):
+        jde_engine.remove_image(image["Id"], force=True)
 
 
-def make_env(root: Path, name: str, toml: str = SPEC) -> Path:
+def make_env(root: Path, name: str, toml: str | None = None) -> Path:
+    """An environment of its own (equal specs would share one image, whatever their names)."""
     folder = root / name
     folder.mkdir(parents=True)
-    (folder / SPEC_FILE).write_text(toml)
+    spec = f'pip = ["six==1.16.0"]\nenv = {{ RUN = "{RUN}", FOR = "{name}" }}\n'
+    (folder / SPEC_FILE).write_text(toml or spec)
     return folder
 
 
@@ -99,14 +102,14 @@ def test_build_show_list_kernelspec_push_rm_pull(
     built = cli.json("build", d, *where)
     assert set(built) == BUILD_KEYS
     assert built["name"] == "cli-share"
-    assert built["image"].startswith("jde-test/cli-share:")
+    assert built["image"].startswith(f"{JDE_PREFIX}/cli-share:")
     assert built["kernel_name"] == "docker-env-cli-share"
     assert (built["built"], built["pulled"]) == (True, False)
     assert "six==1.16.0" in built["lock"]["pip"]
 
     # show and list agree with it
     shown = cli.json("show", d, "--default-base", jde_base_image)
-    assert shown["up_to_date"] is True
+    assert shown["state"] == "built"
     assert shown["spec_hash"] == built["spec_hash"]
     assert shown["image"]["id"] == built["image_id"]
     assert shown["lock"] == built["lock"]
@@ -121,7 +124,7 @@ def test_build_show_list_kernelspec_push_rm_pull(
     )
     provisioner = kernel["metadata"]["kernel_provisioner"]
     assert provisioner["provisioner_name"] == PROVISIONER
-    assert provisioner["config"]["image"] == "jde-test/cli-share:latest"
+    assert provisioner["config"]["image"] == f"{JDE_PREFIX}/cli-share:latest"
 
     # push puts the content-hash tag and a readable one in the registry, with progress on stderr
     push = cli("push", d, *where, "--json")
@@ -143,7 +146,7 @@ def test_build_show_list_kernelspec_push_rm_pull(
     pulled = cli.json("pull", d, *where)
     assert (pulled["built"], pulled["pulled"]) == (False, True)
     assert pulled["image_id"] == built["image_id"]
-    assert cli.json("show", d, "--default-base", jde_base_image)["up_to_date"] is True
+    assert cli.json("show", d, "--default-base", jde_base_image)["state"] == "built"
 
 
 @pytest.mark.docker

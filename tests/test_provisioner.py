@@ -26,17 +26,18 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-from jupyter_docker_env.engine import LABEL_MANAGED, Engine, label
-from jupyter_docker_env.provisioner import (
+from jupyter_docker_env.engine import Engine
+from jupyter_docker_env.kernels.provisioner import (
     CONNECTION_FILE,
     DockerEnvProvisioner,
     instance_id_for,
-    parse_gpus,
-    parse_memory,
     sweep_orphans,
 )
+from jupyter_docker_env.kernels.resources import parse_gpus, parse_memory
+from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
+from jupyter_docker_env.labels import label
 
-JDE_TEST_LABEL = label("test")
+from .conftest import JDE_SESSION, JDE_TEST_LABEL
 
 INSTANCE = f"test-{uuid.uuid4().hex[:12]}"
 SECRET = "JDE_TEST_SERVER_SECRET"
@@ -85,7 +86,7 @@ def jde_kernel_spec(
                         "env_name": "test-env",
                         "workspace": str(jde_workspace),
                         "instance_id": jde_instance,
-                        "extra_labels": {JDE_TEST_LABEL: "1"},
+                        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
                         **config,
                     },
                 }
@@ -481,7 +482,11 @@ async def test_in_jupyter_server_the_kernel_mounts_root_dir_and_starts_in_the_no
             os.chown(path, 1000, 1000)
     spec_dir = jp_data_dir / "kernels" / "docker-env-test"
     spec_dir.mkdir(parents=True)
-    config = {"image": jde_kernel_image, "env_name": "demo", "extra_labels": {JDE_TEST_LABEL: "1"}}
+    config = {
+        "image": jde_kernel_image,
+        "env_name": "demo",
+        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
+    }
     spec_dir.joinpath("kernel.json").write_text(
         json.dumps(
             {

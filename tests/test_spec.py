@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from jupyter_docker_env import dockerfile
-from jupyter_docker_env.spec import SpecError, check_base_allowed, load, parse, spec_hash
+from jupyter_docker_env.environments import dockerfile
+from jupyter_docker_env.environments.spec import (
+    SpecError,
+    check_base_allowed,
+    load,
+    parse,
+    spec_hash,
+)
 
 BASE = "python:3.12-slim"
 
@@ -78,11 +84,19 @@ def test_folder_kinds_are_detected(tmp_path: Path) -> None:
 def test_rendered_dockerfile_layers_change_least_first(tmp_path: Path) -> None:
     spec = parse({"pip": ["pandas==2.2.3"], "apt": ["git"], "env": {"TZ": "UTC"}}, tmp_path, BASE)
     text = dockerfile.render(spec, tmp_path)
-    apt, venv, pip = (text.index(s) for s in ("apt-get install", "venv", "pip install pandas"))
+    apt, venv, pip = (text.index(s) for s in ("apt-get install", "venv", "pandas==2.2.3"))
     assert apt < venv < pip
     assert "ipykernel" in text
+    # the portable flavour (written into the folder) keeps no caches in the image
     assert "rm -rf /var/lib/apt/lists/*" in text
-    assert "PIP_NO_CACHE_DIR=1" in text
+    assert "pip install --no-cache-dir pandas==2.2.3" in text
+    assert "--mount" not in text
+    # BuildKit's keeps pip's and apt's downloads in cache mounts, outside the image
+    cached = dockerfile.render(spec, tmp_path, cache_mounts=True)
+    assert "RUN --mount=type=cache,id=docker-env-pip,target=/root/.cache/pip" in cached
+    assert "--mount=type=cache,id=docker-env-apt," in cached
+    assert "--no-cache-dir" not in cached
+    assert "rm -rf /var/lib/apt/lists/*" not in cached
     ignore = dockerfile.dockerignore(spec)
     assert ignore.splitlines()[2:] == [
         "*",

@@ -1,22 +1,19 @@
-"""The Jupyter Server extension: configuration, services, and its start and stop hooks."""
+"""Settings shared by the server extension and the command line: ``c.DockerEnvApp.*``.
+
+Both read the same ``jupyter_server_config`` files; the CLI loads them with
+:func:`load_settings` without constructing any Jupyter application.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from jupyter_core.paths import jupyter_runtime_dir
-from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Int, List, Unicode, default
+from jupyter_core.application import JupyterApp
+from traitlets import Bool, Dict, Enum, Int, List, Type, Unicode, default
+from traitlets.config import Config, LoggingConfigurable
 
-from . import __version__, kernelspecs
-from .builder import Builder, BuildSettings
-from .engine import Engine, shared_engine
-from .environments import Environments
-from .handlers import HANDLERS
-from .jobs import JobManager
-from .provisioner import instance_id_for, sweep_orphans
+from .environments.images import BuildSettings
 
 
 def ca_bundle_from_env() -> str:
@@ -27,16 +24,51 @@ def ca_bundle_from_env() -> str:
     return ""
 
 
-class DockerEnvApp(ExtensionApp):
-    name = "jupyter_docker_env"
-    description = "Reproducible Docker environments as Jupyter kernels"
-    handlers = HANDLERS  # type: ignore[assignment]
+def os_user() -> str:
+    try:
+        import pwd
 
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return str(os.getuid())
+
+
+class DockerEnvConfig(LoggingConfigurable):
+    """Environments, builds, sharing and the services that provide them.
+
+    Configured as ``c.DockerEnvApp.*`` wherever it is used (the server extension is a subclass).
+    """
+
+    @classmethod
+    def section_names(cls) -> list[str]:
+        return list(dict.fromkeys([*super().section_names(), "DockerEnvApp"]))
+
+    environment_manager_class = Type(
+        default_value="jupyter_docker_env.environments.manager.EnvironmentManager",
+        klass="jupyter_docker_env.environments.manager.EnvironmentManager",
+        config=True,
+        help="The service that finds, builds, shares and deletes environments (a subclass of "
+        "EnvironmentManager).",
+    )
     docker_host = Unicode(
         "",
         config=True,
         help="Docker engine URL (e.g. unix:///var/run/docker.sock, tcp://host:2376). "
         "Empty: the DOCKER_HOST environment variable or the default socket.",
+    )
+    builder = Enum(
+        ["auto", "buildkit", "legacy"],
+        default_value="auto",
+        config=True,
+        help="How images are built. buildkit: BuildKit through the Docker CLI, with pip, apt and "
+        "conda download caches kept between builds; legacy: the engine's classic builder "
+        "through its API. auto: BuildKit when the engine and an installed Docker CLI support it.",
+    )
+    docker_cli = Unicode(
+        "",
+        config=True,
+        help="The Docker CLI that drives BuildKit builds. Empty: `docker` on PATH, then "
+        "/usr/bin/docker (a client before 23.0, or one with the buildx plugin).",
     )
     env_dirs = List(
         Unicode(),
@@ -95,6 +127,13 @@ class DockerEnvApp(ExtensionApp):
         help="Repository prefix of the images the extension builds: PREFIX/ENV_NAME:HASH. "
         "Give each user their own on a shared engine.",
     )
+    extra_labels = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="Labels added to every image the extension builds (kernel containers take "
+        "c.DockerEnvProvisioner.extra_labels).",
+    )
     build_workers = Int(
         2, config=True, help="How many builds, pushes or pulls run at once; others queue."
     )
@@ -120,71 +159,29 @@ class DockerEnvApp(ExtensionApp):
             image_prefix=self.image_prefix,
             registry=self.registry,
             registry_auth=auth,
-            owner=os.environ.get("JUPYTERHUB_USER") or _username(),
+            owner=os.environ.get("JUPYTERHUB_USER") or os_user(),
+            extra_labels=dict(self.extra_labels),
         )
 
-    def initialize_settings(self) -> None:
-        serverapp = self.serverapp
-        assert serverapp is not None
-        root_dir = Path(serverapp.root_dir)
-        self.engine: Engine = shared_engine(self.docker_host or None)
-        self.jobs = JobManager(workers=self.build_workers)
-        self.builder = Builder(self.engine, self.build_settings())
-        self.envs = Environments(
-            root_dir, self.env_dirs, self.shared_env_dirs, self.builder, self.jobs
-        )
-        self.instance_id = instance_id_for(str(root_dir), serverapp.port)
-        self.kernels_dir = (
-            Path(jupyter_runtime_dir()) / "docker-env-kernels" / self.instance_id / "kernels"
-        )
-        ksm = serverapp.kernel_spec_manager
-        assert ksm is not None
-        if str(self.kernels_dir) not in ksm.kernel_dirs:
-            ksm.kernel_dirs.insert(0, str(self.kernels_dir))
-        self.settings.update(
-            docker_env=self,
-            docker_env_engine=self.engine,
-            docker_env_envs=self.envs,
-            docker_env_jobs=self.jobs,
-        )
 
-    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        info = await self.engine.run(self.engine.info)
-        if info.available:
-            self.log.info(
-                "jupyter-docker-env %s: Docker engine %s (API %s) at %s",
-                __version__,
-                info.version,
-                info.api_version,
-                info.host,
-            )
-            if self.sweep_on_start:
-                removed = await sweep_orphans(self.engine, self.instance_id)
-                if removed:
-                    self.log.warning(
-                        "jupyter-docker-env: removed %d kernel container(s) left by an earlier "
-                        "run of this server",
-                        len(removed),
-                    )
-            await self.sync_kernelspecs()
-        else:
-            self.log.warning("jupyter-docker-env %s: %s", __version__, info.reason)
+class _ConfigFiles(JupyterApp):
+    """Reads the jupyter_server_config files (and nothing else) for the command line."""
 
-    async def sync_kernelspecs(self) -> None:
-        """Write a kernel spec per built environment (and drop those of removed ones)."""
-        # Kernels must reach the same engine the images were built on.
-        extra = {"docker_host": self.docker_host} if self.docker_host else None
-        specs = await self.engine.run(self.envs.kernel_specs, extra)
-        await self.engine.run(kernelspecs.sync, self.kernels_dir, specs)
-
-    async def stop_extension(self) -> None:
-        self.jobs.close()
+    name = "jupyter-docker-env"
+    config_file_name = "jupyter_server_config"
 
 
-def _username() -> str:
-    try:
-        import pwd
+def load_config() -> Config:
+    """The configuration in the user's, environment's and system jupyter_server_config files."""
+    loader = _ConfigFiles()
+    loader.load_config_file()
+    return loader.config
 
-        return pwd.getpwuid(os.getuid()).pw_name
-    except (ImportError, KeyError):
-        return str(os.getuid())
+
+def load_settings(**overrides: Any) -> DockerEnvConfig:
+    """``c.DockerEnvApp.*`` as the server would see it, with ``overrides`` (non-None) on top."""
+    settings = DockerEnvConfig(config=load_config())
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(settings, name, value)
+    return settings

@@ -1,4 +1,4 @@
-"""Step 1: an environment folder → a validated, normalized :class:`EnvSpec`.
+"""An environment folder → a validated, normalized :class:`EnvSpec`.
 
 An environment is a folder that is also a plain Docker build context. It holds one of:
 ``docker-env.toml`` (our spec), a ``Dockerfile`` (used as is), a ``requirements.txt`` or an
@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
+
+from ..models import FieldError
 
 SPEC_FILE = "docker-env.toml"
 # environment.yml dependencies that need no conda: the venv provides them.
@@ -40,13 +42,8 @@ IMAGE_RE = re.compile(
 )
 
 
-class SpecError(ValueError):
+class SpecError(FieldError):
     """A spec that cannot be built. ``field`` names the spec key at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -76,8 +73,9 @@ class EnvSpec:
         data.pop("kind")
         return {k: v for k, v in data.items() if v not in (None, [], {}, False)}
 
-    def with_pip(self, pip: tuple[str, ...]) -> EnvSpec:
-        return replace(self, pip=pip, requirements=None)
+    def pinned(self, pip: tuple[str, ...], apt: tuple[str, ...], base: str | None) -> EnvSpec:
+        """This spec with exact versions in place of its ranges (``--from-lock``)."""
+        return replace(self, pip=pip, apt=apt, base=base, requirements=None)
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ import io
 import json
 import os
 import random
-import re
 import signal
 import socket
 import sys
@@ -55,14 +54,9 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
-from .engine import LABEL_MANAGED, APIError, Engine, NotFound, label, shared_engine
-
-LABEL_KERNEL_ID = label("kernel-id")
-LABEL_ENV = label("env")
-LABEL_INSTANCE = label("instance")
-LABEL_USER = label("user")
-LABEL_ROLE = label("role")
-LABEL_NETWORK = label("network")
+from .. import labels as L
+from ..engine import APIError, Engine, NotFound, shared_engine
+from .resources import human_size, parse_cpus, parse_gpus, parse_memory
 
 #: Where the connection file lives inside the kernel's container (0700 dir, 0400 file).
 CONTAINER_RUNTIME_DIR = "/run/jupyter-docker-env"
@@ -71,8 +65,6 @@ CONNECTION_FILE = f"{CONTAINER_RUNTIME_DIR}/kernel.json"
 # Kernel ports inside a shared network sandbox: below Linux's ephemeral range (32768+), so they
 # never collide with the outgoing connections of other kernels in the same sandbox.
 _SANDBOX_PORTS = range(20000, 32000)
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 # -- server instances and orphans ------------------------------------------------------------
@@ -100,9 +92,7 @@ async def sweep_orphans(engine: Engine, instance_id: str) -> list[str]:
     Call it when a server starts (before any kernel of it runs): it removes the kernels and the
     network sandbox that a crashed predecessor with the same id left behind.
     """
-    found = await engine.run(
-        engine.containers, {LABEL_MANAGED: "true", LABEL_INSTANCE: instance_id}
-    )
+    found = await engine.run(engine.containers, {L.MANAGED: "true", L.INSTANCE: instance_id})
     removed = []
     for container in found:
         await engine.run(engine.remove_container, container["Id"])
@@ -156,8 +146,8 @@ def _find_or_start_sandbox(
     """
     if known and (attrs := engine.inspect_container(known)) and attrs["State"]["Running"]:
         return known, _sandbox_ip(attrs, network)
-    labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: instance_id, LABEL_ROLE: "sandbox"}
-    for summary in engine.containers({**labels, LABEL_NETWORK: network}):
+    labels = {L.MANAGED: "true", L.INSTANCE: instance_id, L.ROLE: "sandbox"}
+    for summary in engine.containers({**labels, L.NETWORK: network}):
         attrs = engine.inspect_container(summary["Id"])
         if attrs and attrs["State"]["Running"] and (ip := _sandbox_ip(attrs, network)):
             return str(attrs["Id"]), ip
@@ -167,7 +157,7 @@ def _find_or_start_sandbox(
         command=["sleep", "infinity"],
         entrypoint=[],
         name=f"jupyter-docker-env-net-{instance_id[-8:]}-{os.urandom(3).hex()}",
-        labels={**extra_labels, **labels, LABEL_NETWORK: network, LABEL_USER: _os_user()},
+        labels={**extra_labels, **labels, L.NETWORK: network, L.USER: _os_user()},
         network=network,
         init=True,
         user="65534:65534",
@@ -194,36 +184,6 @@ def _os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def parse_memory(value: str | int) -> int:
-    """Bytes from ``"512m"``, ``"2g"``, ``"1.5GiB"`` or a plain number of bytes."""
-    match = _MEMORY.match(str(value))
-    if not match:
-        raise ValueError(
-            f"memory limit {value!r} is not a size: use a number with an optional unit, "
-            'e.g. "512m" or "2g"'
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def parse_gpus(value: str) -> dict[str, Any] | None:
-    """A Docker device request from ``""``/``"none"``, ``"all"``, a count or device ids."""
-    value = value.strip()
-    if value in ("", "0", "none"):
-        return None
-    request: dict[str, Any] = {"driver": "", "capabilities": [["gpu"]]}
-    if value == "all":
-        return {**request, "count": -1}
-    if value.isdigit():
-        return {**request, "count": int(value)}
-    ids = value.removeprefix("device=").split(",")
-    if not all(i.strip() for i in ids):
-        raise ValueError(
-            f'gpus {value!r} is not understood: use "all", a number of GPUs, or device ids '
-            'such as "0,1" (one id: "device=1")'
-        )
-    return {**request, "device_ids": [i.strip() for i in ids]}
 
 
 def _tar(entries: list[tuple[str, bytes | None, int, int, int]]) -> bytes:
@@ -484,14 +444,11 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def _resources_for(self, env: dict[str, str]) -> dict[str, Any]:
         """Container limits from configuration, overridden by KERNEL_* in the start's env."""
         out: dict[str, Any] = {}
-        cpus = env.get("KERNEL_CPUS") or self.cpus
-        if cpus:
-            try:
-                out["nano_cpus"] = int(float(cpus) * 1e9)
-            except ValueError:
-                raise ValueError(f"KERNEL_CPUS={cpus!r} is not a number of CPUs.") from None
-        if memory := env.get("KERNEL_MEMORY") or self.mem_limit:
-            out["mem_limit"] = out["memswap_limit"] = parse_memory(memory)
+        if cpus := env.get("KERNEL_CPUS") or self.cpus:
+            out["nano_cpus"] = int(parse_cpus(cpus) * 1e9)
+        memory = env.get("KERNEL_MEMORY") or self.mem_limit
+        if memory and (limit := parse_memory(memory)):  # "0": no limit
+            out["mem_limit"] = out["memswap_limit"] = limit
         if self.pids_limit > 0:
             out["pids_limit"] = self.pids_limit
         gpus = env.get("KERNEL_GPUS", self.gpus)
@@ -563,11 +520,11 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         uid, gid = self._uid_gid
         labels = {
             **self.extra_labels,
-            LABEL_MANAGED: "true",
-            LABEL_KERNEL_ID: str(self.kernel_id),
-            LABEL_ENV: self.env_name,
-            LABEL_INSTANCE: self._instance_id(),
-            LABEL_USER: _os_user(),
+            L.MANAGED: "true",
+            L.KERNEL_ID: str(self.kernel_id),
+            L.ENV: self.env_name,
+            L.INSTANCE: self._instance_id(),
+            L.USER: _os_user(),
         }
         create: dict[str, Any] = {
             "command": cmd,
@@ -669,9 +626,9 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         self.exit_code, self.oom_killed = code, oom
         if oom:
             limit = self._resources.get("mem_limit")
+            shown = human_size(limit) if limit else "none set: the Docker host ran out"
             self.exit_reason = (
-                "kernel was killed because it ran out of memory (limit "
-                f"{_human(limit) if limit else 'none set: the Docker host ran out'}). Free memory "
+                f"kernel was killed because it ran out of memory (limit {shown}). Free memory "
                 "in the notebook, or start the kernel with more (KERNEL_MEMORY, or "
                 "c.DockerEnvProvisioner.mem_limit)."
             )
@@ -758,11 +715,3 @@ def _create_and_start(
         _live.pop(container_id, None)
         raise
     return container_id
-
-
-def _human(size: int) -> str:
-    for unit in ("GiB", "MiB", "KiB"):
-        scale = {"GiB": 1024**3, "MiB": 1024**2, "KiB": 1024}[unit]
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} B"

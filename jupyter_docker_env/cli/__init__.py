@@ -1,0 +1,51 @@
+"""`jupyter docker-env`: the command line, a thin adapter over the same services as the server.
+
+It reads the same configuration as the server (c.DockerEnvApp.* in jupyter_server_config);
+command-line options override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..engine import EngineError
+from ..models import FieldError
+from ..operations import Cancelled, OperationFailed
+from . import environments
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jupyter docker-env",
+        description="Build reproducible Docker environments and use them as Jupyter kernels.",
+    )
+    p.add_argument("--version", action="version", version=__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+    environments.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FieldError as exc:
+        print(f"error: invalid environment: {exc}", file=sys.stderr)
+    except OperationFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.step:
+            print(f"failed step: {exc.step}", file=sys.stderr)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

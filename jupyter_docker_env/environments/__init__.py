@@ -1,0 +1,1 @@
+"""Environments: folder → spec → Dockerfile → image and lock, and the service that manages them."""

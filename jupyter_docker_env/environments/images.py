@@ -1,0 +1,545 @@
+"""Environment folder → image: content-hash tags, builds with either builder, the lock, and
+sharing through a registry.
+
+Everything here blocks (it drives the engine) and runs in an operation's worker thread; the
+:class:`~.manager.EnvironmentManager` decides when.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import labels as L
+from ..engine import Builder, Engine, EngineError, RegistryError, context_names
+from ..labels import label_instruction
+from ..models import (
+    BaseImage,
+    BuildOptions,
+    BuildResult,
+    CatalogImage,
+    ImageInfo,
+    Lock,
+    PushResult,
+)
+from ..models import RegistryState as RegistryStateRecord
+from ..operations import Operation, OperationFailed
+from . import dockerfile, lock
+from .spec import (
+    CA_FILE,
+    GENERATED_MARK,
+    IMAGE_RE,
+    LOCK_FILE,
+    SPEC_FILE,
+    EnvSpec,
+    SpecError,
+    check_base_allowed,
+    load,
+    spec_hash,
+)
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    default_base: str
+    allowed_bases: tuple[str, ...] = ()
+    ca_bundle: str = ""
+    pip_index_url: str = ""
+    image_prefix: str = "docker-env"
+    registry: str = ""
+    registry_auth: dict[str, str] | None = None
+    owner: str = ""
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build of a folder would produce, known before anything is built."""
+
+    folder: Path
+    spec: EnvSpec
+    hash: str  # "" when the base image is not on the engine yet (unknown until pulled)
+    base: BaseImage | None  # None for a Dockerfile-kind folder
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:16]
+
+
+class ImageBuilder:
+    def __init__(self, engine: Engine, settings: BuildSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    # -- names ---------------------------------------------------------------------------
+    def repository(self, name: str) -> str:
+        return f"{self.settings.image_prefix}/{name}"
+
+    def image_ref(self, plan: Plan) -> str:
+        return f"{self.repository(plan.spec.name)}:{plan.short_hash}"
+
+    def latest_ref(self, name: str) -> str:
+        return f"{self.repository(name)}:latest"
+
+    def registry_ref(self, plan: Plan, tag: str | None = None) -> str | None:
+        if not self.settings.registry:
+            return None
+        return f"{self.settings.registry.rstrip('/')}/{plan.spec.name}:{tag or plan.short_hash}"
+
+    # -- planning --------------------------------------------------------------------------
+    def plan(
+        self,
+        folder: Path,
+        op: Operation | None = None,
+        from_lock: bool = False,
+        resolve_base: bool = True,
+        base_ids: dict[str, str] | None = None,
+    ) -> Plan:
+        """Validate the folder and compute its content hash.
+
+        A missing base image is pulled, unless ``resolve_base`` is False: then the hash is ""
+        (unknown until the base is there). ``base_ids`` maps references to image ids already
+        looked up (one listing serves many environments).
+        """
+        spec = load(folder, self.settings.default_base)
+        check_base_allowed(spec, list(self.settings.allowed_bases))
+        if spec.kind == "dockerfile":
+            files = _context_files(folder)
+            return Plan(folder, spec, spec_hash(spec, "", dockerfile.RENDERER_VERSION, files), None)
+        existing = folder / "Dockerfile"
+        if existing.is_file() and not existing.read_text(errors="replace").startswith(
+            GENERATED_MARK
+        ):
+            raise SpecError(
+                "Dockerfile",
+                f"{folder} has both {SPEC_FILE} and a hand-written Dockerfile; remove one "
+                "(a Dockerfile is used as is when there is no spec)",
+            )
+        if from_lock:
+            found = lock.read(folder)
+            if found is None:
+                raise SpecError(LOCK_FILE, "there is no lock yet: build once without from_lock")
+            spec = lock.pin(spec, found[0])
+        assert spec.base is not None
+        if resolve_base:
+            base_id = self._base_id(spec.base, op)
+        elif base_ids is not None and spec.base in base_ids:
+            base_id = base_ids[spec.base]
+        else:
+            found_image = self.engine.inspect_image(spec.base)
+            base_id = str(found_image["Id"]) if found_image else ""
+        files = {f: (folder / f).read_bytes() for f in dockerfile.input_files(spec)}
+        digest = spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, files) if base_id else ""
+        return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id))
+
+    def _base_id(self, base: str, op: Operation | None) -> str:
+        found = self.engine.inspect_image(base)
+        if found is None:
+            if op:
+                op.emit(f"Pulling base image {base}")
+            try:
+                for msg in self.engine.pull(base):
+                    if op:
+                        op.check_cancelled()
+                        _log_transfer(op, msg)
+            except (RegistryError, EngineError) as exc:
+                raise SpecError(
+                    "base",
+                    f"base image {base!r} is neither on this Docker engine nor pullable: {exc}",
+                ) from exc
+            found = self.engine.inspect_image(base)
+            if found is None:
+                raise SpecError("base", f"base image {base!r} could not be found")
+        return str(found["Id"])
+
+    # -- images ----------------------------------------------------------------------------
+    def find_image(self, ref: str) -> ImageInfo | None:
+        data = self.engine.inspect_image(ref)
+        return None if data is None else image_info(data, ref)
+
+    def images_of(self, name: str) -> list[dict[str, Any]]:
+        """The engine's images tagged in the environment's repository (PREFIX/NAME)."""
+        return self.engine.images(reference=self.repository(name))
+
+    def image_with_hash(self, spec_hash_: str) -> ImageInfo | None:
+        """An image of this prefix built from the same content hash, for any environment."""
+        prefix = f"{self.settings.image_prefix}/"
+        for summary in self.engine.images({L.MANAGED: "true", L.SPEC_HASH: spec_hash_}):
+            tags = [t for t in summary.get("RepoTags") or [] if t.startswith(prefix)]
+            if tags:
+                return self.find_image(tags[0])
+        return None
+
+    def catalog(self) -> list[CatalogImage]:
+        """Every image of this prefix on the engine, by environment, newest first."""
+        prefix = f"{self.settings.image_prefix}/"
+        rows = []
+        for summary in self.engine.images({L.MANAGED: "true"}):
+            tags = tuple(t for t in summary.get("RepoTags") or [] if t.startswith(prefix))
+            if not tags:
+                continue
+            rows.append(
+                CatalogImage(
+                    name=tags[0][len(prefix) :].rpartition(":")[0],
+                    image_id=str(summary["Id"]),
+                    tags=tags,
+                    size=int(summary.get("Size") or 0),
+                    created=int(summary.get("Created") or 0),
+                    gpu=(summary.get("Labels") or {}).get(L.GPU) == "true",
+                )
+            )
+        return sorted(rows, key=lambda r: (r.name, -r.created))
+
+    def remove(self, name: str) -> list[CatalogImage]:
+        """Remove the environment's tags; an image goes with its last tag."""
+        repository = self.repository(name)
+        removed = [row for row in self.catalog() if row.name == name]
+        for summary in self.images_of(name):
+            self.engine.remove_image_tags(summary, repository)
+        return removed
+
+    # -- the build -------------------------------------------------------------------------
+    def build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
+        op.emit(f"Reading {folder}")
+        plan = self._operation_plan(folder, op, from_lock=options.from_lock)
+        ref = self.image_ref(plan)
+        op.emit(f"Environment {plan.spec.name}: image {ref}")
+        if plan.spec.kind != "dockerfile" and os.access(plan.folder, os.W_OK):
+            # Keep the folder a plain build context: the files a colleague's `docker build` needs.
+            _write_if_changed(plan.folder / "Dockerfile", dockerfile.render(plan.spec, folder))
+            _write_if_changed(plan.folder / ".dockerignore", dockerfile.dockerignore(plan.spec))
+        if not options.no_cache:
+            if (existing := self.find_image(ref)) is not None:
+                op.emit("Unchanged since the last build: reusing the image, nothing to build.")
+                return self._finish(plan, existing, op, built=False, pulled=False)
+            if (same := self.image_with_hash(plan.hash)) is not None:
+                other = same.labels.get(L.ENV, "?")
+                op.emit(f"Environment {other} has the same spec: sharing its image {same.tag}")
+                return self._finish(plan, same, op, built=False, pulled=False, shared_with=other)
+            remote = self.registry_ref(plan)
+            if remote and options.pull:
+                pulled = self._try_pull(plan, remote, op)
+                if pulled is not None:
+                    return self._finish(plan, pulled, op, built=False, pulled=True)
+        builder = self.engine.builder()
+        op.emit(f"Building with {'BuildKit' if builder == 'buildkit' else 'the legacy builder'}")
+        image_id = self._run_build(plan, options, builder, op)
+        op.emit("Recording the exact versions (lock)")
+        captured = lock.capture(self.engine, image_id, plan.spec, self._base_record(plan))
+        self.engine.add_labels(image_id, {L.LOCK: lock.to_label(captured)}, tag=ref)
+        self.engine.remove_if_unused(image_id)  # the unlabelled build, unless it is the parent
+        image = self.find_image(ref)
+        assert image is not None
+        return self._finish(plan, image, op, built=True, pulled=False)
+
+    def _operation_plan(self, folder: Path, op: Operation, from_lock: bool = False) -> Plan:
+        """plan() for an operation: a spec error fails it, naming the field."""
+        try:
+            return self.plan(folder, op, from_lock=from_lock)
+        except SpecError as exc:
+            raise OperationFailed(str(exc), step=f"spec field {exc.field}") from exc
+
+    def _base_record(self, plan: Plan) -> BaseImage | None:
+        if plan.base is None:
+            return None
+        found = lock.base_of(self.engine, plan.base.image)
+        if plan.base.id and found.id != plan.base.id:
+            raise OperationFailed(
+                f"the base image {plan.base.image} changed during the build: build again",
+                step="lock",
+            )
+        return found
+
+    def image_labels(self, plan: Plan) -> dict[str, str]:
+        labels = {
+            **self.settings.extra_labels,
+            L.MANAGED: "true",
+            L.ENV: plan.spec.name,
+            L.SPEC_HASH: plan.hash,
+            L.GPU: "true" if plan.spec.gpu else "false",
+            L.RENDERER: dockerfile.RENDERER_VERSION,
+        }
+        if self.settings.owner:
+            labels[L.OWNER] = self.settings.owner
+        return labels
+
+    def _run_build(self, plan: Plan, options: BuildOptions, builder: Builder, op: Operation) -> str:
+        labels = self.image_labels(plan)
+        buildkit = builder == "buildkit"
+        with tempfile.TemporaryDirectory(prefix="docker-env-ctx-") as tmp:
+            if plan.spec.kind == "dockerfile":
+                context = plan.folder  # the user's Dockerfile, with the folder as is
+                text = (plan.folder / "Dockerfile").read_text()
+                if not buildkit:
+                    text = f"{text.rstrip()}\n{label_instruction(labels)}"
+            else:
+                context = Path(tmp) / "context"
+                self._context(plan, context)
+                text = dockerfile.render(
+                    plan.spec,
+                    plan.folder,
+                    cache_mounts=buildkit,
+                    labels=None if buildkit else labels,
+                )
+            path = Path(tmp) / "Dockerfile"
+            path.write_text(text)
+            buildargs = (
+                {"PIP_INDEX_URL": self.settings.pip_index_url}
+                if self.settings.pip_index_url
+                else None
+            )
+            events = self.engine.build(
+                str(context),
+                str(path),
+                builder,
+                labels=labels if buildkit else None,
+                nocache=options.no_cache,
+                buildargs=buildargs,
+            )
+            return self._follow(events, op)
+
+    def _context(self, plan: Plan, context: Path) -> None:
+        """The build context: only what the Dockerfile copies, plus the CA bundle if set."""
+        context.mkdir()
+        (context / ".dockerignore").write_text(dockerfile.dockerignore(plan.spec))
+        if plan.spec.kind == "spec":
+            shutil.copy(plan.folder / SPEC_FILE, context / SPEC_FILE)
+        for name in dockerfile.input_files(plan.spec):
+            shutil.copy(plan.folder / name, context / name)
+        ca = self.settings.ca_bundle
+        if ca:
+            if not Path(ca).is_file():
+                raise OperationFailed(
+                    f"the CA bundle {ca} (c.DockerEnvApp.ca_bundle, or PIP_CERT / "
+                    "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
+                    step="CA bundle",
+                )
+            shutil.copy(ca, context / CA_FILE)
+
+    def _follow(self, events: Iterator[Any], op: Operation) -> str:
+        current = None
+        image_id = None
+        try:
+            for event in events:
+                if op.cancelled:
+                    events.close()  # type: ignore[attr-defined]
+                    op.check_cancelled()
+                if event.kind == "step":
+                    op.set_step(event.step, event.total)
+                    current = f"Step {event.step}/{event.total}: {event.text}"
+                    op.emit(f"Step {event.step}/{event.total} : {event.text}")
+                elif event.kind == "line":
+                    op.emit(event.text)
+                elif event.kind == "error":
+                    reason = _reason(op.log)
+                    raise OperationFailed(
+                        f"{current or 'The build'} failed: {event.text}"
+                        + (f"\n{reason}" if reason else ""),
+                        step=current,
+                    )
+                elif event.kind == "image":
+                    image_id = event.text
+        except EngineError as exc:
+            raise OperationFailed(str(exc), step=current) from exc
+        if image_id is None:
+            raise OperationFailed("the engine finished the build without an image id", step=current)
+        return str(image_id)
+
+    def _finish(
+        self,
+        plan: Plan,
+        image: ImageInfo,
+        op: Operation | None,
+        built: bool,
+        pulled: bool,
+        shared_with: str | None = None,
+    ) -> BuildResult:
+        ref = self.image_ref(plan)
+        replaced = [self.engine.inspect_image(r) for r in (ref, self.latest_ref(plan.spec.name))]
+        repo = self.repository(plan.spec.name)
+        if image.tag != ref:
+            self.engine.tag(image.id, repo, plan.short_hash)
+        self.engine.tag(image.id, repo, "latest")
+        for old in replaced:
+            if old is not None and old["Id"] != image.id:
+                self.engine.remove_if_unused(str(old["Id"]))  # a rebuild left it untagged
+        found = self.lock_of(image)
+        if found is not None and os.access(plan.folder, os.W_OK):
+            lock.write(plan.folder, found, plan.hash, plan.spec.name)
+        if op:
+            op.emit(f"Done: {ref} ({image.id[:19]})")
+        return BuildResult(
+            name=plan.spec.name,
+            image=ref,
+            image_id=image.id,
+            spec_hash=plan.hash,
+            built=built,
+            pulled=pulled,
+            lock=found,
+            shared_with=shared_with,
+        )
+
+    def lock_of(self, image: ImageInfo) -> Lock | None:
+        return lock.from_label(image.labels.get(L.LOCK))
+
+    # -- sharing ---------------------------------------------------------------------------
+    def _remote(self, plan: Plan, tag: str | None = None) -> str:
+        """The registry reference to push or pull; OperationFailed when the setting is unusable."""
+        remote = self.registry_ref(plan, tag)
+        if remote is None:
+            raise OperationFailed(
+                "no registry is configured (c.DockerEnvApp.registry or --registry)"
+            )
+        if problem := registry_problem(self.settings.registry):
+            raise OperationFailed(f"{problem}: fix c.DockerEnvApp.registry or --registry")
+        return remote
+
+    def _try_pull(self, plan: Plan, remote: str, op: Operation) -> ImageInfo | None:
+        if problem := registry_problem(self.settings.registry):
+            op.emit(f"WARNING: {problem}; building instead")
+            return None
+        try:
+            if self.engine.registry_digest(remote, self.settings.registry_auth) is None:
+                op.emit(f"{remote} is not in the registry yet: building")
+                return None
+        except RegistryError as exc:
+            op.emit(f"WARNING: {registry_message(remote, exc)}; building instead")
+            return None
+        return self._pull(plan, op)
+
+    def _pull(self, plan: Plan, op: Operation) -> ImageInfo:
+        remote = self._remote(plan)
+        op.emit(f"Pulling {remote}")
+        self._transfer(self.engine.pull, remote, op, step="pull")
+        image = self.find_image(remote)
+        assert image is not None
+        return image
+
+    def _transfer(
+        self,
+        transfer: Callable[..., Iterator[dict[str, Any]]],
+        remote: str,
+        op: Operation,
+        step: str,
+    ) -> None:
+        """Follow a push or pull in the log; registry errors fail the operation in plain words."""
+        try:
+            for msg in transfer(remote, self.settings.registry_auth):
+                op.check_cancelled()
+                _log_transfer(op, msg)
+        except RegistryError as exc:
+            raise OperationFailed(registry_message(remote, exc), step=step) from exc
+
+    def pull(self, folder: Path, op: Operation) -> BuildResult:
+        """Pull the environment's image from the registry instead of building it."""
+        plan = self._operation_plan(folder, op)
+        return self._finish(plan, self._pull(plan, op), op, built=False, pulled=True)
+
+    def push(self, folder: Path, op: Operation) -> PushResult:
+        plan = self._operation_plan(folder, op)
+        image = self.find_image(self.image_ref(plan))
+        if image is None:
+            raise OperationFailed(
+                f"{plan.spec.name} is not built yet (or changed since): build it first"
+            )
+        pushed = []
+        for tag in (plan.short_hash, "latest"):
+            remote = self._remote(plan, tag)
+            repo, _, remote_tag = remote.rpartition(":")
+            self.engine.tag(image.id, repo, remote_tag)
+            op.emit(f"Pushing {remote}")
+            try:
+                self._transfer(self.engine.push, remote, op, step="push")
+            except OperationFailed:
+                self.engine.remove_image(remote)  # only the tag made for the push; image stays
+                raise
+            pushed.append(remote)
+        digest = self.engine.registry_digest(pushed[0], self.settings.registry_auth)
+        op.emit(f"Pushed {', '.join(pushed)} ({digest})")
+        return PushResult(name=plan.spec.name, image=pushed[0], digest=digest, pushed=tuple(pushed))
+
+    def registry_state(self, plan: Plan) -> RegistryStateRecord | None:
+        remote = self.registry_ref(plan)
+        if remote is None:
+            return None
+        try:
+            found = self.engine.registry_digest(remote, self.settings.registry_auth)
+        except RegistryError as exc:
+            return RegistryStateRecord(remote, None, registry_message(remote, exc))
+        return RegistryStateRecord(remote, found is not None)
+
+
+def image_info(data: dict[str, Any], ref: str) -> ImageInfo:
+    """An ImageInfo from the engine's inspect answer."""
+    digests = data.get("RepoDigests") or []
+    return ImageInfo(
+        id=str(data["Id"]),
+        tag=ref,
+        size=int(data.get("Size", 0)),
+        created=str(data.get("Created", "")),
+        labels=dict((data.get("Config") or {}).get("Labels") or {}),
+        digest=digests[0].split("@", 1)[1] if digests else None,
+    )
+
+
+def _reason(log: list[str]) -> str:
+    """The tool's own error lines (pip's ERROR:, apt's E:) from the end of a build log."""
+    tail = log[-60:]
+    return "\n".join(line for line in tail if line.startswith(("ERROR:", "E: ", "error:")))
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.is_file() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _context_files(folder: Path) -> dict[str, bytes]:
+    """Every file a plain `docker build` of the folder would send (honouring .dockerignore)."""
+    ignore = folder / ".dockerignore"
+    patterns = ignore.read_text().splitlines() if ignore.is_file() else []
+    patterns = [p.strip() for p in patterns if p.strip() and not p.startswith("#")]
+    names = sorted(context_names(str(folder), patterns))
+    skip = {LOCK_FILE, CA_FILE}
+    return {n: (folder / n).read_bytes() for n in names if (folder / n).is_file() and n not in skip}
+
+
+def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
+    status = msg.get("status")
+    if not status or msg.get("progressDetail"):
+        return  # per-chunk progress would flood the log
+    op.emit(f"{msg['id']}: {status}" if msg.get("id") else status)
+
+
+def registry_problem(registry: str) -> str | None:
+    """Why ``registry`` is no HOST[:PORT]/NAMESPACE setting, or None when it is one."""
+    if IMAGE_RE.match(f"{registry.rstrip('/')}/env:tag"):
+        return None
+    return (
+        f"the registry setting {registry!r} is not HOST[:PORT]/NAMESPACE like "
+        "registry.example.com/team or 127.0.0.1:5000/team (no http://, a lowercase namespace)"
+    )
+
+
+def registry_message(ref: str, exc: Exception) -> str:
+    text = str(exc)
+    low = text.lower()
+    if "no basic auth credentials" in low:
+        return (
+            f"the registry for {ref} needs credentials: {text}. Log in with `docker login`, "
+            "or set c.DockerEnvApp.registry_username / registry_password"
+        )
+    if "unauthorized" in low or "authentication required" in low or "denied" in low:
+        return (
+            f"the registry refused the credentials for {ref}: {text}. Log in with `docker login`, "
+            "or set c.DockerEnvApp.registry_username / registry_password"
+        )
+    if "not found" in low or "manifest unknown" in low:
+        return f"{ref} is not in the registry: {text}. Push it first, or build instead"
+    if "connection refused" in low or "no such host" in low or "timeout" in low:
+        return f"the registry for {ref} cannot be reached: {text}. Check c.DockerEnvApp.registry"
+    return f"{ref}: {text}"

@@ -1,0 +1,518 @@
+"""The environment service: discovery, state, create/update/delete, builds, sharing and kernel
+specs of the environments in one workspace.
+
+The REST handlers and the CLI are thin adapters over it. Its public methods are coroutines: the
+blocking parts (file system, engine) run on its own small executor, and builds, pushes and pulls
+on its operations' workers, so neither competes with kernel calls on the engine's executor.
+
+Listing is cheap: one engine call lists every image; what is derived from an environment's files
+(its spec and content hash) is cached by the files' sizes and mtimes; the registry is asked only
+on demand (:meth:`registry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import tomli_w
+from traitlets.config import LoggingConfigurable
+
+from .. import __version__
+from .. import labels as L
+from ..engine import Engine, EngineUnavailable
+from ..kernels import kernelspecs
+from ..models import (
+    BuildOptions,
+    EngineStatus,
+    Environment,
+    EnvState,
+    GpuStatus,
+    ImageInfo,
+    RegistryState,
+    Status,
+)
+from ..operations import Operation, OperationManager
+from . import lock
+from .images import ImageBuilder, Plan
+from .spec import SPEC_FILE, SpecError, detect_kind, load, parse
+
+if TYPE_CHECKING:
+    from ..config import DockerEnvConfig
+
+T = TypeVar("T")
+CREATE_FROM = {"requirements.txt", "environment.yml", "environment.yaml", "Dockerfile"}
+
+
+class EnvNotFound(LookupError):
+    pass
+
+
+class EnvConflict(Exception):
+    pass
+
+
+class EnvReadOnly(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Location:
+    name: str
+    folder: Path
+    readonly: bool
+
+
+@dataclass(frozen=True)
+class _Images:
+    """One listing of the engine's images, indexed for many environments."""
+
+    ids: dict[str, str]  # every tag and repo digest → image id
+    summaries: dict[str, dict[str, Any]]  # image id → summary
+
+    def image(self, ref: str) -> ImageInfo | None:
+        image_id = self.ids.get(ref)
+        if image_id is None:
+            return None
+        s = self.summaries[image_id]
+        digests = s.get("RepoDigests") or []
+        return ImageInfo(
+            id=image_id,
+            tag=ref,
+            size=int(s.get("Size") or 0),
+            created=datetime.fromtimestamp(int(s.get("Created") or 0), UTC).isoformat(),
+            labels=dict(s.get("Labels") or {}),
+            digest=digests[0].split("@", 1)[1] if digests else None,
+        )
+
+    def in_repository(self, repository: str) -> bool:
+        return any(ref.rpartition(":")[0] == repository for ref in self.ids if "@" not in ref)
+
+
+class EnvironmentManager(LoggingConfigurable):
+    """Environments of one workspace (see the module's docstring)."""
+
+    def __init__(
+        self,
+        settings: DockerEnvConfig,
+        root_dir: Path,
+        engine: Engine,
+        kernels_dir: Path | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.root_dir = root_dir.resolve()
+        self.env_dirs = [self._under_root(d) for d in settings.env_dirs]
+        self.shared_env_dirs = [Path(d) for d in settings.shared_env_dirs]
+        self.engine = engine
+        self.images = ImageBuilder(engine, settings.build_settings())
+        self.operations = OperationManager(workers=settings.build_workers, log=self.log)
+        self.kernels_dir = kernels_dir
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-env-envs")
+        self._plans: dict[Path, tuple[Any, Plan | SpecError]] = {}
+
+    def _under_root(self, path: str) -> Path:
+        p = (self.root_dir / path).resolve()
+        if p != self.root_dir and self.root_dir not in p.parents:
+            raise ValueError(f"env dir {path} is outside the workspace {self.root_dir}")
+        return p
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self.operations.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- discovery -------------------------------------------------------------------------
+    def locations(self) -> dict[str, Location]:
+        """Every environment folder by name; the user's own win over shared ones."""
+        found: dict[str, Location] = {}
+        for readonly, dirs in ((True, self.shared_env_dirs), (False, self.env_dirs)):
+            for parent in dirs:
+                if not parent.is_dir():
+                    continue
+                for folder in sorted(parent.iterdir()):
+                    if folder.name.startswith(".") or not folder.is_dir():
+                        continue
+                    if detect_kind(folder) is None:
+                        continue
+                    name = self._name(folder)
+                    found[name] = Location(name, folder, readonly or not os.access(folder, os.W_OK))
+        return found
+
+    def _name(self, folder: Path) -> str:
+        cached = self._plans.get(folder)
+        if cached is not None and cached[0] == _fingerprint(folder):
+            entry = cached[1]
+            if isinstance(entry, Plan):
+                return entry.spec.name
+        try:
+            return load(folder, self.settings.default_base).name
+        except SpecError:
+            return folder.name.lower()
+
+    def locate(self, name: str) -> Location:
+        loc = self.locations().get(name)
+        if loc is None:
+            raise EnvNotFound(f"no environment named {name!r}")
+        return loc
+
+    async def location(self, name: str) -> Location:
+        return await self._run(self.locate, name)
+
+    def location_of(self, folder: Path) -> Location:
+        """Any folder as an environment (the CLI's DIR), whether or not under the workspace."""
+        folder = folder.resolve()
+        if not folder.is_dir():
+            raise SpecError("folder", f"{folder} is not a folder")
+        return Location(self._name(folder), folder, not os.access(folder, os.W_OK))
+
+    # -- the engine ------------------------------------------------------------------------
+    async def status(self) -> Status:
+        info = await self._run(self.engine.info)
+        if not info.available:
+            gpu_reason = "the Docker engine is not reachable"
+        elif not info.gpu_runtime:
+            gpu_reason = (
+                "the Docker engine has no NVIDIA runtime: install the NVIDIA Container Toolkit "
+                "on the Docker host to use GPUs"
+            )
+        else:
+            gpu_reason = None
+        return Status(
+            version=__version__,
+            engine=EngineStatus(
+                available=info.available,
+                host=info.host,
+                version=info.version,
+                api_version=info.api_version,
+                reason=info.reason,
+                builder=info.builder,
+            ),
+            gpu=GpuStatus(
+                available=info.available and info.gpu_runtime,
+                runtimes=info.runtimes,
+                reason=gpu_reason,
+            ),
+            allowed_bases=tuple(self.settings.allowed_bases),
+            default_base=self.settings.default_base,
+            registry=self.settings.registry or None,
+        )
+
+    async def check_engine(self) -> None:
+        """Raise EngineUnavailable, saying what to do, unless the engine answers."""
+        info = await self._run(self.engine.info)
+        if not info.available:
+            raise EngineUnavailable(info.reason or "no Docker engine answers")
+
+    # -- describing ------------------------------------------------------------------------
+    def _image_index(self) -> _Images:
+        ids: dict[str, str] = {}
+        summaries: dict[str, dict[str, Any]] = {}
+        for summary in self.engine.images():
+            image_id = str(summary["Id"])
+            summaries[image_id] = summary
+            for ref in [*(summary.get("RepoTags") or []), *(summary.get("RepoDigests") or [])]:
+                if not ref.startswith("<none>"):
+                    ids[ref] = image_id
+        return _Images(ids, summaries)
+
+    def _plan(self, loc: Location, images: _Images) -> Plan | SpecError:
+        """The folder's plan, recomputed only when its files or its base image changed."""
+        key = _fingerprint(loc.folder)
+        cached = self._plans.get(loc.folder)
+        if cached is not None and cached[0] == key:
+            entry = cached[1]
+            if isinstance(entry, SpecError) or entry.base is None:
+                return entry
+            if images.ids.get(entry.base.image, entry.base.id) == entry.base.id and entry.hash:
+                return entry
+        try:
+            entry = self.images.plan(loc.folder, resolve_base=False, base_ids=images.ids)
+        except SpecError as exc:
+            entry = exc  # type: ignore[assignment]
+        self._plans[loc.folder] = (key, entry)
+        return entry
+
+    def _describe(self, loc: Location, images: _Images) -> Environment:
+        op = self.operations.latest(loc.name)
+        common: dict[str, Any] = {
+            "name": loc.name,
+            "path": self._display_path(loc.folder),
+            "readonly": loc.readonly,
+            "kernel_name": kernelspecs.kernel_name(loc.name),
+            "operation": op.to_json() if op else None,
+        }
+        plan = self._plan(loc, images)
+        if isinstance(plan, SpecError):
+            return Environment(
+                **common, kind=detect_kind(loc.folder) or "spec", state="failed", error=str(plan)
+            )
+        spec = plan.spec
+        current = images.image(self.images.image_ref(plan)) if plan.hash else None
+        # Out of date: the last build's image still runs the kernel, so show it.
+        image = current or images.image(self.images.latest_ref(loc.name))
+        found_lock = self.images.lock_of(image) if image else None
+        if found_lock is None and image is not None:
+            found_lock = _read_lock(loc.folder)
+        return Environment(
+            **common,
+            kind=spec.kind,
+            state=self._state(loc, images, current is not None, op),
+            base=spec.base,
+            pip=spec.pip,
+            apt=spec.apt,
+            conda=spec.conda,
+            gpu=spec.gpu,
+            env=spec.env,
+            requirements=spec.requirements,
+            environment=spec.environment,
+            spec_hash=plan.hash or None,
+            image=image,
+            lock=found_lock,
+            registry=self.images.registry_ref(plan) if plan.hash else None,
+        )
+
+    def _state(self, loc: Location, images: _Images, built: bool, op: Operation | None) -> EnvState:
+        if op is not None and op.active and op.kind in ("build", "pull"):
+            return "building"
+        if built:
+            return "built"
+        if op is not None and op.kind == "build" and op.state == "failed":
+            return "failed"
+        if images.in_repository(self.images.repository(loc.name)):
+            return "outdated"
+        return "not_built"
+
+    def _display_path(self, folder: Path) -> str:
+        try:
+            return str(folder.relative_to(self.root_dir))
+        except ValueError:
+            return str(folder)
+
+    def _all(self) -> list[Environment]:
+        images = self._image_index()
+        return [self._describe(loc, images) for loc in self.locations().values()]
+
+    def _get(self, loc: Location) -> Environment:
+        return self._describe(loc, self._image_index())
+
+    async def list_all(self) -> list[Environment]:
+        return await self._run(self._all)
+
+    async def get(self, name: str) -> Environment:
+        return await self._run(lambda: self._get(self.locate(name)))
+
+    async def describe(self, loc: Location) -> Environment:
+        return await self._run(self._get, loc)
+
+    async def registry(self, name: str) -> RegistryState | None:
+        """Whether the registry has the environment's current image (asks the registry)."""
+
+        def ask() -> RegistryState | None:
+            return self.images.registry_state(self.images.plan(self.locate(name).folder))
+
+        return await self._run(ask)
+
+    # -- changing --------------------------------------------------------------------------
+    async def create(self, body: dict[str, Any]) -> Environment:
+        loc = await self._run(self._create, dict(body))
+        return await self.describe(loc)
+
+    def _create(self, body: dict[str, Any]) -> Location:
+        from_path = body.pop("from_path", None)
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise SpecError("name", "give the new environment a name")
+        folder = self.env_dirs[0] / name
+        if from_path is not None:
+            source = self._workspace_file(from_path)
+            # Validate everything before anything is written.
+            parse({"name": name}, folder, self.settings.default_base, kind="dockerfile")
+            if name in self.locations() or folder.exists():
+                raise EnvConflict(f"an environment named {name!r} already exists")
+            folder.mkdir(parents=True)
+            shutil.copy(source, folder / source.name)
+            try:
+                self._write_spec_for(folder, body, source)
+            except SpecError:
+                shutil.rmtree(folder)
+                raise
+        else:
+            spec = parse(body, folder, self.settings.default_base)
+            if name in self.locations() or folder.exists():
+                raise EnvConflict(f"an environment named {name!r} already exists")
+            folder.mkdir(parents=True)
+            (folder / SPEC_FILE).write_text(tomli_w.dumps(spec.to_toml()))
+        return Location(name, folder, readonly=False)
+
+    def _write_spec_for(self, folder: Path, body: dict[str, Any], source: Path) -> None:
+        """A spec naming the copied file, when the file alone does not say everything."""
+        key = {"requirements.txt": "requirements", "Dockerfile": None}.get(
+            source.name, "environment"
+        )
+        if key is None:
+            return
+        if body.keys() - {"name"} or body["name"] != folder.name:
+            spec = parse({key: source.name, **body}, folder, self.settings.default_base)
+            (folder / SPEC_FILE).write_text(tomli_w.dumps(spec.to_toml()))
+
+    def _workspace_file(self, path: Any) -> Path:
+        if not isinstance(path, str) or not path:
+            raise SpecError("from_path", "must be the path of a file in the workspace")
+        source = (self.root_dir / path).resolve()
+        if self.root_dir not in source.parents:
+            raise SpecError("from_path", f"{path} is outside the workspace")
+        if not source.is_file():
+            raise SpecError("from_path", f"{path} does not exist")
+        if source.name not in CREATE_FROM:
+            raise SpecError("from_path", f"{path} must be one of: {', '.join(sorted(CREATE_FROM))}")
+        return source
+
+    async def update(self, name: str, body: dict[str, Any]) -> Environment:
+        loc = await self._run(self._update, name, body)
+        return await self.describe(loc)
+
+    def _update(self, name: str, body: dict[str, Any]) -> Location:
+        loc = self.locate(name)
+        if loc.readonly:
+            raise EnvReadOnly(f"{name} is provided read-only by the administrator")
+        if detect_kind(loc.folder) == "dockerfile":
+            raise SpecError("kind", f"{name} uses its own Dockerfile: edit that file instead")
+        body = {"name": name, **body}
+        if body["name"] != name:
+            raise SpecError("name", "renaming an environment is not supported: create a new one")
+        spec = parse(body, loc.folder, self.settings.default_base)
+        path = loc.folder / SPEC_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(tomli_w.dumps(spec.to_toml()))
+        tmp.replace(path)  # atomic: a failed write never loses the old spec
+        return loc
+
+    async def delete(self, name: str) -> None:
+        await self._run(self._delete, name)
+        await self.sync_kernelspecs()
+
+    def _delete(self, name: str) -> None:
+        loc = self.locate(name)
+        if loc.readonly:
+            raise EnvReadOnly(f"{name} is provided read-only by the administrator")
+        if self.operations.active(name):
+            raise EnvConflict(f"{name} has a build, push or pull running: cancel it first")
+        self.images.remove(name)
+        shutil.rmtree(loc.folder)
+        self._plans.pop(loc.folder, None)
+
+    # -- operations ------------------------------------------------------------------------
+    def _start(
+        self,
+        loc: Location,
+        kind: Any,
+        work: Callable[[Operation], Any],
+        listeners: list[Callable[[Operation, str], None]] | None = None,
+    ) -> Operation:
+        return self.operations.start(
+            loc.name, kind, work, after=self._after_operation, listeners=listeners
+        )
+
+    async def _after_operation(self, op: Operation) -> None:
+        if op.kind != "push":
+            await self.sync_kernelspecs()
+
+    def build(
+        self,
+        loc: Location,
+        options: BuildOptions,
+        listeners: list[Callable[[Operation, str], None]] | None = None,
+    ) -> Operation:
+        """Start a build of the environment, or join the one running."""
+        return self._start(
+            loc, "build", lambda op: self.images.build(loc.folder, options, op), listeners
+        )
+
+    def push(
+        self, loc: Location, listeners: list[Callable[[Operation, str], None]] | None = None
+    ) -> Operation:
+        return self._start(loc, "push", lambda op: self.images.push(loc.folder, op), listeners)
+
+    def pull(
+        self, loc: Location, listeners: list[Callable[[Operation, str], None]] | None = None
+    ) -> Operation:
+        return self._start(loc, "pull", lambda op: self.images.pull(loc.folder, op), listeners)
+
+    def operation(self, operation_id: str) -> Operation | None:
+        return self.operations.get(operation_id)
+
+    def cancel(self, operation_id: str) -> Operation | None:
+        return self.operations.cancel(operation_id)
+
+    # -- kernel specs ----------------------------------------------------------------------
+    def kernel_specs(self, extra_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Kernel specs for every environment that has a built image."""
+        images = self._image_index()
+        specs = []
+        for loc in self.locations().values():
+            latest = images.image(self.images.latest_ref(loc.name))
+            if latest is None:
+                continue
+            gpu = latest.labels.get(L.GPU) == "true"
+            specs.append(
+                kernelspecs.kernel_json(
+                    loc.name, self.images.latest_ref(loc.name), gpu, extra_config
+                )
+            )
+        return specs
+
+    async def sync_kernelspecs(self) -> None:
+        """Write a kernel spec per built environment (and drop those of removed ones)."""
+        if self.kernels_dir is None:
+            return
+        # Kernels must reach the same engine the images were built on.
+        extra = {"docker_host": self.settings.docker_host} if self.settings.docker_host else None
+        kernels_dir = self.kernels_dir
+
+        def sync() -> None:
+            kernelspecs.sync(kernels_dir, self.kernel_specs(extra))
+
+        await self._run(sync)
+
+
+def _read_lock(folder: Path) -> Any:
+    try:
+        found = lock.read(folder)
+    except SpecError:
+        return None
+    return found[0] if found else None
+
+
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Sizes and mtimes of what a folder's plan depends on: its top-level files, and for a
+    Dockerfile-kind folder every file of its build context."""
+    entries: list[tuple[str, int, int]] = []
+    recursive = (folder / "Dockerfile").is_file() and not (folder / SPEC_FILE).is_file()
+    try:
+        if recursive:
+            for dirpath, _dirs, files in os.walk(folder):
+                for name in files:
+                    path = os.path.join(dirpath, name)
+                    st = os.lstat(path)
+                    entries.append((path, st.st_mtime_ns, st.st_size))
+        else:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((entry.name, st.st_mtime_ns, st.st_size))
+    except OSError:
+        return ()
+    return tuple(sorted(entries))

@@ -1,0 +1,1 @@
+"""Kernels in containers: kernel specs, resources and the kernel provisioner."""

@@ -1,0 +1,262 @@
+"""Typed records that flow between the services, the REST handlers and the CLI.
+
+They mirror the schemas of ``openapi.yaml`` (``to_json`` gives exactly the REST shape), so a
+module never hands another a loose dict, and the states live in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+EnvState = Literal["not_built", "building", "built", "failed", "outdated"]
+OperationKind = Literal["build", "push", "pull"]
+OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE_STATES: tuple[OperationState, ...] = ("queued", "running")
+
+
+class FieldError(ValueError):
+    """Input that cannot be used as given; ``field`` names the key at fault (REST: a 400)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    no_cache: bool = False
+    from_lock: bool = False
+    pull: bool = True  # try the registry before building, when one is set
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BuildOptions:
+        """Options from a request body; ValueError naming the field for anything else."""
+        known = {"no_cache", "from_lock", "pull"}
+        for key, value in body.items():
+            if key not in known:
+                raise FieldError(key, f"unknown build option; known: {', '.join(sorted(known))}")
+            if not isinstance(value, bool):
+                raise FieldError(key, "must be true or false")
+        return cls(**body)
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """The image an environment was built on, as the lock records it."""
+
+    image: str  # the reference the spec names
+    id: str = ""
+    digest: str = ""  # repository@sha256:… when the base came from (or went to) a registry
+
+    @property
+    def pinned(self) -> str:
+        """The reference that names exactly this base: its digest when known."""
+        return self.digest or self.image
+
+
+@dataclass(frozen=True)
+class Lock:
+    """What is exactly inside an environment's image: every Python distribution the kernel can
+    import, in three lists by where it comes from, the exact apt and conda versions, and the base
+    image by digest.
+
+    ``pip``: installed by the build's pip into the kernel's venv (what ``--from-lock`` pins);
+    ``pip_system``: importable from outside the venv and added by the build (python3-numpy from
+    apt, conda packages); ``pip_base``: importable and already in the base image.
+    """
+
+    pip: tuple[str, ...] = ()
+    pip_system: tuple[str, ...] = ()
+    pip_base: tuple[str, ...] = ()
+    conda: tuple[str, ...] = ()
+    apt: tuple[str, ...] = ()
+    base: BaseImage | None = None
+
+    SECTIONS = ("pip", "pip_system", "pip_base", "conda", "apt")
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {k: list(getattr(self, k)) for k in self.SECTIONS}
+        data["base"] = asdict(self.base) if self.base else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Lock:
+        base = data.get("base")
+        return cls(
+            **{k: tuple(str(v) for v in data.get(k) or ()) for k in cls.SECTIONS},
+            base=BaseImage(**base) if isinstance(base, dict) else None,
+        )
+
+    def distributions(self) -> dict[str, str]:
+        """Every importable distribution's version by normalized name."""
+        out = {}
+        for entry in (*self.pip_base, *self.pip_system, *self.pip):
+            name, _, version = entry.partition("==")
+            out[name.lower().replace("_", "-").replace(".", "-")] = version
+        return out
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    tag: str
+    size: int = 0
+    created: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    digest: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "tag": self.tag,
+            "size": self.size,
+            "created": self.created,
+            "digest": self.digest,
+        }
+
+
+@dataclass(frozen=True)
+class CatalogImage:
+    """One of the extension's images on the engine (``jupyter docker-env list``)."""
+
+    name: str
+    image_id: str
+    tags: tuple[str, ...]
+    size: int
+    created: int
+    gpu: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "tags": list(self.tags)}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build, or a pull instead of one, produced."""
+
+    name: str
+    image: str
+    image_id: str
+    spec_hash: str
+    built: bool
+    pulled: bool
+    lock: Lock | None
+    shared_with: str | None = None  # another environment's image was reused (same spec)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lock"] = self.lock.to_json() if self.lock else None
+        return data
+
+
+@dataclass(frozen=True)
+class PushResult:
+    name: str
+    image: str
+    digest: str | None
+    pushed: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "pushed": list(self.pushed)}
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """Where the environment's current image would be in the registry, and whether it is."""
+
+    image: str
+    available: bool | None  # None: the registry could not be asked
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """An environment as the panel and the API show it (schema ``Env``)."""
+
+    name: str
+    path: str
+    kind: str
+    readonly: bool
+    kernel_name: str
+    state: EnvState
+    base: str | None = None
+    pip: tuple[str, ...] = ()
+    apt: tuple[str, ...] = ()
+    conda: tuple[str, ...] = ()
+    gpu: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    requirements: str | None = None
+    environment: str | None = None
+    error: str | None = None
+    spec_hash: str | None = None
+    image: ImageInfo | None = None
+    lock: Lock | None = None
+    operation: dict[str, Any] | None = None  # the running or last operation, as JSON
+    registry: str | None = None  # where it would be pushed, when a registry is set
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name} (Docker env)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "path": self.path,
+            "kind": self.kind,
+            "readonly": self.readonly,
+            "kernel_name": self.kernel_name,
+            "state": self.state,
+            "base": self.base,
+            "pip": list(self.pip),
+            "apt": list(self.apt),
+            "conda": list(self.conda),
+            "gpu": self.gpu,
+            "env": dict(self.env),
+            "requirements": self.requirements,
+            "environment": self.environment,
+            "error": self.error,
+            "spec_hash": self.spec_hash,
+            "image": self.image.to_json() if self.image else None,
+            "lock": self.lock.to_json() if self.lock else None,
+            "operation": self.operation,
+            "registry": self.registry,
+        }
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    available: bool
+    host: str | None = None
+    version: str | None = None
+    api_version: str | None = None
+    reason: str | None = None
+    builder: str | None = None
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    available: bool
+    runtimes: tuple[str, ...] = ()
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Status:
+    version: str
+    engine: EngineStatus
+    gpu: GpuStatus
+    allowed_bases: tuple[str, ...]
+    default_base: str
+    registry: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["gpu"]["runtimes"] = list(self.gpu.runtimes)
+        data["allowed_bases"] = list(self.allowed_bases)
+        return data

@@ -1,0 +1,1 @@
+"""The Jupyter Server side: the extension application and its REST handlers."""

@@ -1,0 +1,75 @@
+"""The Jupyter Server extension: configuration, the services it builds once, its start and stop
+hooks. Handlers only look the services up (``self.settings["docker_env"]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_server.extension.application import ExtensionApp
+
+from .. import __version__
+from ..config import DockerEnvConfig
+from ..engine import Engine, shared_engine
+from ..environments.manager import EnvironmentManager
+from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
+from .handlers import HANDLERS
+
+
+class DockerEnvApp(DockerEnvConfig, ExtensionApp):
+    name = "jupyter_docker_env"
+    description = "Reproducible Docker environments as Jupyter kernels"
+    handlers = HANDLERS  # type: ignore[assignment]
+    classes = [DockerEnvProvisioner]  # type: ignore[assignment]
+
+    engine: Engine
+    environments: EnvironmentManager
+
+    def initialize_settings(self) -> None:
+        serverapp = self.serverapp
+        assert serverapp is not None
+        root_dir = Path(serverapp.root_dir)
+        self.engine = shared_engine(self.docker_host or None, self.builder, self.docker_cli)
+        self.instance_id = instance_id_for(str(root_dir), serverapp.port)
+        self.kernels_dir = (
+            Path(jupyter_runtime_dir()) / "docker-env-kernels" / self.instance_id / "kernels"
+        )
+        ksm = serverapp.kernel_spec_manager
+        assert ksm is not None
+        if str(self.kernels_dir) not in ksm.kernel_dirs:
+            ksm.kernel_dirs.insert(0, str(self.kernels_dir))
+        self.environments = self.environment_manager_class(
+            parent=self,
+            settings=self,
+            root_dir=root_dir,
+            engine=self.engine,
+            kernels_dir=self.kernels_dir,
+        )
+        self.settings.update(docker_env=self)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        info = await self.engine.run(self.engine.info)
+        if not info.available:
+            self.log.warning("jupyter-docker-env %s: %s", __version__, info.reason)
+            return
+        self.log.info(
+            "jupyter-docker-env %s: Docker engine %s (API %s) at %s, builds with %s",
+            __version__,
+            info.version,
+            info.api_version,
+            info.host,
+            info.builder,
+        )
+        if self.sweep_on_start:
+            removed = await sweep_orphans(self.engine, self.instance_id)
+            if removed:
+                self.log.warning(
+                    "jupyter-docker-env: removed %d kernel container(s) left by an earlier "
+                    "run of this server",
+                    len(removed),
+                )
+        await self.environments.sync_kernelspecs()
+
+    async def stop_extension(self) -> None:
+        self.environments.close()

@@ -1,0 +1,130 @@
+"""What every REST handler of the extension shares: authorization, JSON in and out, and one
+table that maps domain errors to HTTP statuses.
+
+Handlers stay thin: parse, await a service, reply. A domain error raised by a service becomes its
+4xx/503 here, with a JSON ``{message, field}`` body; anything else is a logged 500.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from jupyter_client.kernelspec import NoSuchKernel
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from tornado import web
+
+from ...engine import EngineUnavailable
+from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
+from ...models import FieldError
+from ...operations import OperationFailed
+
+if TYPE_CHECKING:
+    from ..app import DockerEnvApp
+
+AUTH_RESOURCE = "docker_env"
+NAMESPACE = "jupyter-docker-env/api"
+ENV_NAME = r"(?P<name>[a-z0-9][a-z0-9_.-]{0,62})"
+OPERATION_ID = r"(?P<operation_id>[0-9a-f]{12})"
+MAX_BODY_DEPTH = 32
+
+#: Domain errors and the HTTP status each one means.
+STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
+    (FieldError, 400),
+    (EnvReadOnly, 403),
+    (EnvNotFound, 404),
+    (EnvConflict, 409),
+    (OperationFailed, 409),
+    (NoSuchKernel, 409),
+    (EngineUnavailable, 503),
+)
+
+
+class ApiError(web.HTTPError):
+    """An error answered as it is, for conditions a handler finds itself."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(status, log_message=message.replace("%", "%%"))
+        self.message = message
+        self.field = field
+
+
+def route(pattern: str) -> str:
+    return rf"/{NAMESPACE}/{pattern}"
+
+
+def status_for(exc: BaseException | None) -> int | None:
+    for kind, status in STATUS_FOR:
+        if isinstance(exc, kind):
+            return status
+    return None
+
+
+class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def ext(self) -> DockerEnvApp:
+        return self.settings["docker_env"]  # type: ignore[no-any-return]
+
+    @property
+    def environments(self) -> EnvironmentManager:
+        return self.ext.environments
+
+    # -- errors ----------------------------------------------------------------------------
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        super().send_error(status_for(exc) or status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if status_for(value) is not None:
+            self.log.warning("%s %s: %s", self.request.method, self.request.path, value)
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, (ApiError, FieldError)):
+            message, field = exc.message, exc.field
+        elif status_for(exc) is not None:
+            message, field = str(exc), None
+        else:
+            super().write_error(status_code, **kwargs)  # logged, and no internals in the body
+            return
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": message, "field": field}))
+
+    # -- JSON in and out -------------------------------------------------------------------
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            body = json.loads(self.request.body)
+        except (ValueError, RecursionError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        if _depth(body) > MAX_BODY_DEPTH:
+            raise ApiError(400, "the request body is nested too deeply")
+        return body
+
+    def offset_argument(self) -> int:
+        offset = self.get_argument("offset", "0")
+        if not offset.isdigit() or len(offset) > 12:
+            raise ApiError(400, "offset must be a non-negative integer", "offset")
+        return int(offset)
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(data))
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    if level > MAX_BODY_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
