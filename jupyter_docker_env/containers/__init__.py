@@ -51,6 +51,9 @@ class ContainerRequest:
     #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
     ports: tuple[int, ...] = ()
     files: tuple[ContainerFile, ...] = ()
+    #: Where it may run, for back ends with several nodes (Swarm constraints such as
+    #: "node.labels.pool==gpu"); one engine ignores them.
+    placement: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,10 @@ class ContainerBackend(Protocol):
 
 
 #: Back ends by the name c.DockerEnvProvisioner.backend takes (or a dotted class path).
-BACKENDS = {"local": "jupyter_docker_env.containers.local.LocalBackend"}
+BACKENDS = {
+    "local": "jupyter_docker_env.containers.local.LocalBackend",
+    "swarm": "jupyter_docker_env.containers.swarm.SwarmBackend",
+}
 
 
 def backend_class(name: str) -> type[Any]:

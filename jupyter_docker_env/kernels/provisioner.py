@@ -42,6 +42,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
+from traitlets.config import Config, Configurable
 
 from .. import labels as L
 from ..containers import (
@@ -82,23 +83,30 @@ _PROCESS_INSTANCE_ID = _process_instance_id()
 _backends: dict[tuple[str, str | None, str], ContainerBackend] = {}
 
 
-def backend_for(name: str, engine: Engine, connect_mode: str = "auto") -> ContainerBackend:
+def backend_for(
+    name: str, engine: Engine, connect_mode: str = "auto", config: Config | None = None
+) -> ContainerBackend:
     """One back end per kind, engine and connect mode for the whole process (it holds state
-    that kernels share, such as network sandboxes and their ports)."""
+    that kernels share, such as network sandboxes and their ports). A configurable back end
+    (Swarm) reads its settings from the first ``config`` it is built with."""
     key = (name, engine.host, connect_mode)
     if key not in _backends:
         files = Path(jupyter_runtime_dir()) / "docker-env-files"
-        _backends[key] = backend_class(name)(engine, files, connect_mode)
+        cls = backend_class(name)
+        extra = {"config": config} if config is not None and issubclass(cls, Configurable) else {}
+        _backends[key] = cls(engine, files, connect_mode, **extra)
     return _backends[key]
 
 
-async def sweep_orphans(engine: Engine, instance_id: str, backend: str = "local") -> list[str]:
+async def sweep_orphans(
+    engine: Engine, instance_id: str, backend: str = "local", config: Config | None = None
+) -> list[str]:
     """Remove every container labelled with ``instance_id`` (and the files kept for them).
 
     Call it when a server starts (before any kernel of it runs): it removes the kernels and the
     network sandbox that a crashed predecessor with the same id left behind.
     """
-    return await backend_for(backend, engine).sweep(instance_id)
+    return await backend_for(backend, engine, config=config).sweep(instance_id)
 
 
 def _within(path: str, root: str) -> bool:
@@ -193,8 +201,14 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     ).tag(config=True)
     backend = Unicode(
         "local",
-        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), or the "
-        "dotted path of a ContainerBackend class.",
+        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), "
+        "'swarm' (services of the Swarm whose manager is at docker_host; c.SwarmBackend.*), or "
+        "the dotted path of a ContainerBackend class.",
+    ).tag(config=True)
+    placement = List(
+        Unicode(),
+        help="Where the kernel may run, for back ends with several nodes: Swarm placement "
+        "constraints such as 'node.labels.pool==gpu'. The local back end ignores them.",
     ).tag(config=True)
     kernel_cmd = List(
         Unicode(),
@@ -229,7 +243,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     @property
     def containers(self) -> ContainerBackend:
-        return backend_for(self.backend, self.engine, str(self.connect_mode))
+        return backend_for(self.backend, self.engine, str(self.connect_mode), self.config)
 
     @property
     def _server(self) -> tuple[Any, Any]:
@@ -280,6 +294,10 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         cmd = [arg.replace("{connection_file}", CONNECTION_FILE) for arg in self.kernel_cmd]
         cmd += kwargs.pop("extra_arguments", [])
         self.exit_code, self.oom_killed, self.exit_reason, self._stopping = None, False, None, False
+        # A back end that cannot signal (Swarm: the kernel may be on another node) interrupts
+        # through the kernel's control channel.
+        if (mode := getattr(self.containers, "interrupt_mode", None)) and self.kernel_spec:
+            self.kernel_spec.interrupt_mode = mode
         return await super().pre_launch(cmd=cmd, **kwargs)
 
     async def _choose_ports(self, km: Any) -> None:
@@ -397,6 +415,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             ports=tuple(self._ports),
             # The kernel binds every interface of its container; only its user may read it.
             files=(ContainerFile(CONNECTION_FILE, self._connection_file("0.0.0.0"), 0o400),),
+            placement=tuple(self.placement),
             **self._resources,
         )
         try:
@@ -440,7 +459,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if state.running:
             return None
         if self.exit_code is None:
-            self._record_exit(state.exit_code or 0, state.oom_killed, "")
+            self._record_exit(state.exit_code or 0, state.oom_killed, state.error)
             if self.exit_reason and not self.oom_killed:
                 logs = await self.containers.logs(self.container_id)
                 self.log.error("Kernel %s output before it stopped:\n%s", self.kernel_id, logs)
