@@ -519,6 +519,9 @@ class Engine:
         return list(self._call(self.client.api.containers, all=True, filters={"label": filters}))
 
     # -- kernels (used by the provisioner) -----------------------------------------------
+    def api_version(self) -> str:
+        return str(self._call(self.client.version).get("ApiVersion", ""))
+
     def system_info(self) -> dict[str, Any]:
         """The engine's raw ``docker info`` (OS, security options, runtimes)."""
         return self._call(self.client.api.info)  # type: ignore[no-any-return]

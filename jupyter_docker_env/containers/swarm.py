@@ -66,6 +66,9 @@ _ENDED = {"shutdown": "shut down", "orphaned": "lost", "remove": "removed"}
 # Kernel ports in the network sandbox: below Linux's ephemeral range, as for local kernels.
 _SANDBOX_PORTS = range(20000, 32000)
 _RELAY_DIR = "/run/jupyter-docker-env-relay"  # the relay's folder inside the sandbox
+# The role label of the Swarm network sandbox: unlike a local back end's sandbox, kernels never
+# join its network namespace, so neither back end may take the other's for its own.
+_RELAY_ROLE = "relay"
 _RELAY = Path(__file__).with_name("relay.py")
 _SOCKET_PATH_MAX = 100  # AF_UNIX paths are at most 107 bytes
 
@@ -222,6 +225,12 @@ class SwarmBackend(LoggingConfigurable):
         self, engine: Engine, files_dir: Path, connect_mode: str = "auto", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        if connect_mode not in ("auto", "container-ip"):
+            raise ValueError(
+                f"connect_mode {connect_mode!r}: the swarm back end reaches kernels through its "
+                "network sandbox on the server's own engine, at its container address; use "
+                "'auto' (docs/swarm.md)"
+            )
         self.engine = engine
         self.files_dir = files_dir
         self._cluster: Cluster | None = None
@@ -250,7 +259,7 @@ class SwarmBackend(LoggingConfigurable):
                 "at a manager, or set c.DockerEnvProvisioner.backend = 'local'.",
                 kind="not-a-manager",
             )
-        version = self.engine.info().api_version
+        version = self.engine.api_version()
         if _api(version) < (1, 41):
             raise ContainerError(
                 f"The Swarm manager speaks Docker API {version}; the swarm back end needs 1.41 "
@@ -419,7 +428,7 @@ class SwarmBackend(LoggingConfigurable):
             self._remove_service(service["ID"])
             removed.append(str(service["ID"]))
         self._remove_secrets([s["ID"] for s in self.engine.secrets(owned)])
-        for container in self.engine.containers({**owned, L.ROLE: "sandbox"}):
+        for container in self.engine.containers({**owned, L.ROLE: _RELAY_ROLE}):
             attrs = self.engine.inspect_container(container["Id"]) or {}
             self.engine.remove_container(container["Id"])
             removed.append(str(container["Id"]))
@@ -737,7 +746,7 @@ class SwarmBackend(LoggingConfigurable):
         labels: dict[str, str | None] = {
             L.MANAGED: "true",
             L.INSTANCE: request.instance_id,
-            L.ROLE: "sandbox",
+            L.ROLE: _RELAY_ROLE,
             L.NETWORK: request.network,
         }
         for old in self.engine.containers(labels):  # an earlier life's, whose socket is lost
@@ -762,7 +771,7 @@ class SwarmBackend(LoggingConfigurable):
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
             mem_limit=64 * 1024**2,
-            pids_limit=16,
+            pids_limit=64,
         )
         container_id = str(attrs["Id"])
         try:
