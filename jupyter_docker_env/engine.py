@@ -34,6 +34,7 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from .labels import MANAGED, label_instruction
+from .models import EngineStatus
 
 T = TypeVar("T")
 Builder = Literal["buildkit", "legacy"]
@@ -54,21 +55,6 @@ class ImageNotFound(EngineError):
 
 class RegistryError(EngineError):
     pass
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    available: bool
-    host: str | None
-    version: str | None = None
-    api_version: str | None = None
-    reason: str | None = None
-    runtimes: tuple[str, ...] = ()
-    builder: Builder | None = None
-
-    @property
-    def gpu_runtime(self) -> bool:
-        return "nvidia" in self.runtimes
 
 
 @dataclass(frozen=True)
@@ -149,17 +135,17 @@ class Engine:
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
 
     # -- engine ----------------------------------------------------------------------------
-    def info(self) -> EngineInfo:
+    def info(self) -> EngineStatus:
         try:
             version = self._call(self.client.version)
             info = self._call(self.client.info)
         except EngineUnavailable as exc:
-            return EngineInfo(available=False, host=self.host, reason=str(exc))
+            return EngineStatus(available=False, host=self.host, reason=str(exc))
         except docker.errors.DockerException as exc:
-            return EngineInfo(
+            return EngineStatus(
                 available=False, host=self.host, reason=_unavailable_reason(self.host, exc)
             )
-        return EngineInfo(
+        return EngineStatus(
             available=True,
             host=self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
             version=version.get("Version"),
