@@ -72,7 +72,12 @@ class BuildEvent:
 
 
 def _unavailable_reason(host: str | None, exc: Exception) -> str:
-    where = host or "the default socket (DOCKER_HOST unset)"
+    if host:
+        where = host
+    elif env_host := os.environ.get("DOCKER_HOST"):
+        where = f"{env_host} (DOCKER_HOST)"
+    else:
+        where = "the default socket /var/run/docker.sock (DOCKER_HOST unset)"
     return (
         f"No Docker engine answers at {where}: {exc}. Start Docker (on this project's dev "
         "machines: `make docker`), or point DOCKER_HOST / c.DockerEnvApp.docker_host at a "
