@@ -127,7 +127,7 @@ def jde_swarm_registry(jde_engine: Engine, jde_registry: str) -> Iterator[str]:
     yield namespace
     for image in jde_engine.images(reference=f"{namespace}/*"):
         for ref in image.get("RepoTags") or []:
-            jde_engine.remove_image(ref)
+            jde_engine.remove_image(ref, force=True)  # a finished task's container may hold it
     with urllib.request.urlopen(f"http://{jde_registry}/v2/_catalog?n=1000") as answer:
         repos = json.load(answer)["repositories"]
     for repo in repos:
@@ -222,12 +222,14 @@ def test_a_kernel_becomes_a_confined_one_task_service_that_holds_no_key() -> Non
     assert task["RestartPolicy"]["Condition"] == "none"
     assert spec["EndpointSpec"] == {"Mode": "dnsrr"}
     assert task["Networks"] == [{"Target": "overlay-id"}]
-    # And it is confined as a local kernel's container is: user, init, capabilities, limits
+    # And it is confined as a local kernel's container is: user, init, capabilities, limits,
+    # and no privilege gain (which a service cannot ask for before API 1.44: setpriv does)
     assert (container["User"], container["Init"], container["CapabilityDrop"]) == (
         "1000:100",
         True,
         ["ALL"],
     )
+    assert container["Args"][:4] == ["setpriv", "--no-new-privs", "--", "python"]
     assert task["Resources"]["Limits"] == {
         "Pids": 1024,
         "NanoCPUs": 1_500_000_000,
@@ -407,6 +409,13 @@ async def test_the_key_reaches_the_kernel_only_as_its_users_secret_file(
         f"print(oct(s.st_mode & 0o777), s.st_uid == os.getuid(), {key!r} in str(os.environ))",
     )
     assert out.split() == ["0o400", "True", "False"]
+    # And the kernel can gain no privileges, no capabilities
+    _, out = await run_code(
+        km,
+        "print([l.split()[1] for l in open('/proc/self/status') "
+        "if l.startswith(('NoNewPrivs', 'CapEff'))])",
+    )
+    assert out == "['0000000000000000', '1']\n"
 
 
 @pytest.mark.docker

@@ -496,9 +496,7 @@ class SwarmBackend(LoggingConfigurable):
         for opt in options.pop("security_opt", []):
             if opt != "no-new-privileges:true":
                 raise ContainerError(f"security option {opt!r} has no Swarm equivalent")
-            if cluster.api_version >= (1, 44):
-                container["Privileges"] = {"NoNewPrivileges": True}
-            # before API 1.44 a service cannot ask for it: nodes enforce it in daemon.json
+            _no_new_privileges(container, cluster)
         for source, bind in options.pop("volumes").items():
             if source != request.workspace:
                 raise ContainerError(f"only the workspace can be mounted on Swarm, not {source}")
@@ -641,17 +639,19 @@ class SwarmBackend(LoggingConfigurable):
 
         Returns the nodes where it failed, each with the node's reason. (Blocking.)
         """
+        container = {
+            "Image": image,
+            "Args": ["true"],  # what runs matters not: a task that started had its image
+            "User": "65534:65534",
+            "CapabilityDrop": ["ALL"],
+            "Labels": {L.MANAGED: "true", L.ROLE: "prepull"},
+        }
+        _no_new_privileges(container, self._cluster or self._find_cluster())
         spec = {
             "Name": f"jde-prepull-{_digest(image)[:12]}-{os.urandom(3).hex()}",
             "Labels": {L.MANAGED: "true", L.ROLE: "prepull"},
             "TaskTemplate": {
-                "ContainerSpec": {
-                    "Image": image,
-                    "Args": ["true"],
-                    "User": "65534:65534",
-                    "CapabilityDrop": ["ALL"],
-                    "Labels": {L.MANAGED: "true", L.ROLE: "prepull"},
-                },
+                "ContainerSpec": container,
                 "Resources": {"Limits": {"MemoryBytes": 64 * 1024**2, "Pids": 16}},
                 "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
                 "Placement": {"Constraints": list(self.placement)},
@@ -837,6 +837,14 @@ class SwarmBackend(LoggingConfigurable):
         for secret_id in secret_ids:
             with contextlib.suppress(EngineError, APIError):
                 self.engine.remove_secret(secret_id)
+
+
+def _no_new_privileges(container: dict[str, Any], cluster: Cluster) -> None:
+    """Keep a task's processes from gaining privileges (setuid binaries, file capabilities)."""
+    if cluster.api_version >= (1, 44):
+        container["Privileges"] = {"NoNewPrivileges": True}
+    else:  # a service cannot ask for it before API 1.44: util-linux's setpriv does
+        container["Args"] = ["setpriv", "--no-new-privs", "--", *container["Args"]]
 
 
 def _address(task: dict[str, Any], overlay: str) -> str:
