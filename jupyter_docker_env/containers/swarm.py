@@ -299,12 +299,14 @@ class SwarmBackend(LoggingConfigurable):
         overlay = await self._overlay(request.instance_id)
         relay = await self._relay(request, overlay) if request.ports else None
         secret_refs = await self.engine.run(self._create_secrets, request)
-        spec = self.service_spec(request, image, overlay, secret_refs, cluster)
         try:
+            spec = self.service_spec(request, image, overlay, secret_refs, cluster)
             service_id = await self.engine.run(self.engine.create_service, spec)
-        except APIError as exc:
+        except BaseException as exc:
             await self.engine.run(self._remove_secrets, [r["SecretID"] for r in secret_refs])
-            raise ContainerError(_explanation(exc)) from exc
+            if isinstance(exc, APIError):
+                raise ContainerError(_explanation(exc)) from exc
+            raise
         self._launched[service_id] = _Launch(relay, request.ports, request.mem_limit)
         try:
             task = await self._running(service_id)
@@ -634,10 +636,16 @@ class SwarmBackend(LoggingConfigurable):
             )
         return chosen[0]
 
-    def prepull_image(self, image: str, emit: Callable[[str], None]) -> list[str]:
+    def prepull_image(
+        self,
+        image: str,
+        emit: Callable[[str], None],
+        check: Callable[[], None] = lambda: None,
+    ) -> list[str]:
         """Pull ``image`` (a digest) on every node kernels may use, with a global job; wait.
 
-        Returns the nodes where it failed, each with the node's reason. (Blocking.)
+        Returns the nodes where it failed, each with the node's reason. ``check`` is called
+        while it waits (an operation's cancel raises there). (Blocking.)
         """
         container = {
             "Image": image,
@@ -646,7 +654,8 @@ class SwarmBackend(LoggingConfigurable):
             "CapabilityDrop": ["ALL"],
             "Labels": {L.MANAGED: "true", L.ROLE: "prepull"},
         }
-        _no_new_privileges(container, self._cluster or self._find_cluster())
+        self._cluster = self._cluster or self._find_cluster()
+        _no_new_privileges(container, self._cluster)
         spec = {
             "Name": f"jde-prepull-{_digest(image)[:12]}-{os.urandom(3).hex()}",
             "Labels": {L.MANAGED: "true", L.ROLE: "prepull"},
@@ -669,6 +678,7 @@ class SwarmBackend(LoggingConfigurable):
                 if time.monotonic() > deadline:
                     late = f"{len(waiting)} node(s) still pulling after {self.prepull_timeout:g} s"
                     return [late]
+                check()
                 time.sleep(0.5)
             names = {n["ID"]: _hostname(n) for n in self.engine.nodes()}
             failed = []

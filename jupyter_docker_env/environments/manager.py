@@ -444,7 +444,7 @@ class EnvironmentManager(LoggingConfigurable):
         if swarm is not None and swarm.prepull and pushed.digest:
             digest_ref = f"{pushed.image.rpartition(':')[0]}@{pushed.digest}"
             op.emit(f"Pulling {digest_ref} on the Swarm's nodes (c.SwarmBackend.prepull)")
-            for failure in swarm.prepull_image(digest_ref, op.emit):
+            for failure in swarm.prepull_image(digest_ref, op.emit, op.check_cancelled):
                 op.emit(f"WARNING: not pulled on {failure}; kernels there pull at start")
         return result
 
