@@ -145,13 +145,25 @@ def jde_swarm_registry(jde_engine: Engine, jde_registry: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def jde_swarm_image(jde_engine: Engine, jde_kernel_image: str, jde_swarm_registry: str) -> str:
-    """The kernel image, pushed to the registry (kernel specs name it by its local tag)."""
+def jde_swarm_image(
+    jde_swarm: Swarm, jde_engine: Engine, jde_kernel_image: str, jde_swarm_registry: str
+) -> str:
+    """The kernel image (kernel specs name it by its local tag), pushed to the registry and
+    pulled on both nodes as a build for Swarm does, so no start waits for a pull."""
     image_id = str((jde_engine.inspect_image(jde_kernel_image) or {})["Id"])
-    tag = image_id.split(":")[1][:12]
-    jde_engine.tag(image_id, f"{jde_swarm_registry}/kernel", tag)
-    for _ in jde_engine.push(f"{jde_swarm_registry}/kernel:{tag}"):
+    remote = f"{jde_swarm_registry}/kernel:{image_id.split(':')[1][:12]}"
+    jde_engine.tag(image_id, *remote.rsplit(":", 1))
+    for _ in jde_engine.push(remote):
         pass
+    backend = backend_for("swarm", shared_engine(None))
+    assert isinstance(backend, SwarmBackend)
+    digest = f"{remote.rsplit(':', 1)[0]}@{jde_engine.registry_digest(remote)}"
+    pulled: list[str] = []
+    assert backend.prepull_image(digest, pulled.append) == []
+    assert sorted(pulled) == sorted(
+        f"Pulled on {n}" for n in (jde_engine.system_info()["Name"], jde_swarm.worker_hostname)
+    )
+    assert jde_swarm.worker_engine.inspect_image(digest) is not None
     return jde_kernel_image
 
 
