@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -380,11 +379,12 @@ async def test_a_kernel_on_the_worker_runs_there_and_behaves_as_a_local_kernel(
     kc = km.client()
     kc.start_channels()
     await kc.wait_for_ready(timeout=60)
-    msg_id = kc.execute("x = 42\nimport time\ntime.sleep(120)")
+    busy = asyncio.create_task(
+        kc.execute_interactive("x = 42\nimport time\ntime.sleep(120)", output_hook=len)
+    )
     await asyncio.sleep(1)
     await km.interrupt_kernel()
-    while (reply := await kc.get_shell_msg(timeout=20))["parent_header"]["msg_id"] != msg_id:
-        pass
+    reply = await asyncio.wait_for(busy, 20)
     kc.stop_channels()
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert (await run_code(km, "print(x)"))[1] == "42\n"
@@ -645,24 +645,21 @@ def test_a_crashed_server_leaves_services_that_its_restart_sweeps(
     # Given a server process that starts a Swarm kernel and dies without any cleanup
     instance = f"test-swarm-crash-{uuid.uuid4().hex[:8]}"
     ksm, name = jde_kernel_spec(instance_id=instance, backend="swarm")
-    script = textwrap.dedent(
-        f"""
-        import asyncio, os, signal
-        from jupyter_client.kernelspec import KernelSpecManager
-        from jupyter_client.manager import AsyncKernelManager
-        from traitlets.config import Config
-
-        async def main():
-            config = Config()
-            config.SwarmBackend.workspace_mount = "shared-path"
-            ksm = KernelSpecManager(kernel_dirs={ksm.kernel_dirs!r})
-            km = AsyncKernelManager(kernel_name={name!r}, kernel_spec_manager=ksm, config=config)
-            await km.start_kernel()
-            print(km.provisioner.container_id, flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        asyncio.run(main())
-        """
+    # (c.SwarmBackend settings reach the back end through the kernel manager's config)
+    script = "\n".join(
+        [
+            "import asyncio, os, signal",
+            "from jupyter_client.kernelspec import KernelSpecManager",
+            "from jupyter_client.manager import AsyncKernelManager",
+            "from traitlets.config import Config",
+            "config = Config({'SwarmBackend': {'workspace_mount': 'shared-path'}})",
+            f"ksm = KernelSpecManager(kernel_dirs={ksm.kernel_dirs!r})",
+            f"km = AsyncKernelManager(kernel_name={name!r}, kernel_spec_manager=ksm, "
+            "config=config)",
+            "asyncio.run(km.start_kernel())",
+            "print(km.provisioner.container_id, flush=True)",
+            "os.kill(os.getpid(), signal.SIGKILL)",
+        ]
     )
     crashed = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
