@@ -335,6 +335,22 @@ def test_gpu_kernels_go_to_the_gpu_pool_and_see_its_gpus_or_reserve_them() -> No
         _spec(reserving, _request(device_requests=({**gpu, "count": -1},)))
 
 
+@pytest.mark.parametrize(
+    ("err", "never"),
+    [
+        ("no suitable node (scheduling constraints not satisfied on 2 nodes)", True),
+        ("no suitable node (insufficient resources on 1 node; scheduling constraints not "
+         "satisfied on 1 node)", False),
+        ("no suitable node (1 node not available for new tasks; scheduling constraints not "
+         "satisfied on 1 node)", False),
+    ],
+)  # fmt: skip
+def test_a_start_fails_at_once_only_when_no_node_could_ever_take_it(err: str, never: bool) -> None:
+    from jupyter_docker_env.containers.swarm import _unplaceable
+
+    assert _unplaceable(err) is never
+
+
 def test_a_confinement_swarm_cannot_carry_over_is_refused_not_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -332,8 +332,7 @@ class SwarmBackend(LoggingConfigurable):
                     return last
                 if state not in _LIVE:
                     raise _task_error(last)
-                if "constraints not satisfied" in str(last["Status"].get("Err")):
-                    # no node may ever take it (unlike a lack of free resources): fail now
+                if _unplaceable(str(last["Status"].get("Err") or "")):
                     constraints = last["Spec"].get("Placement", {}).get("Constraints") or []
                     raise ContainerError(
                         f"no node of the Swarm fits its placement ({', '.join(constraints)}): "
@@ -862,6 +861,15 @@ def _address(task: dict[str, Any], overlay: str) -> str:
         if attachment["Network"]["ID"] == overlay and attachment.get("Addresses"):
             return str(attachment["Addresses"][0]).split("/")[0]
     raise ContainerError(f"the task {task['ID']} has no address on its overlay network")
+
+
+def _unplaceable(err: str) -> bool:
+    """Does the scheduler say that no node may ever take the task? Not when a node lacks free
+    resources or is unavailable right now: those may change while the start waits."""
+    reasons = err.partition("(")[2].rstrip(")").split(";")
+    return err.startswith("no suitable node") and all(
+        "constraints not satisfied" in reason for reason in reasons
+    )
 
 
 def _why(task: dict[str, Any]) -> str:
