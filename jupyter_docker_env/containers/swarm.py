@@ -762,9 +762,10 @@ class SwarmBackend(LoggingConfigurable):
             self.engine.remove_container(old["Id"])
         folder = self._relay_folder(request.instance_id)
         shutil.copy(_RELAY, folder / "relay.py")
-        uid = os.getuid() or 65534  # the relay never runs as root
+        # the relay runs as the server's user, never as root
+        uid, gid = (os.getuid(), os.getgid()) if os.getuid() else (65534, 65534)
         if os.geteuid() == 0:
-            os.chown(folder, uid, uid)
+            os.chown(folder, uid, gid)
         extra = {k: v for k, v in request.labels.items() if not k.startswith(L.PREFIX)}
         attrs = self.engine.create_container(
             request.image,
@@ -775,7 +776,7 @@ class SwarmBackend(LoggingConfigurable):
             network=request.network,
             volumes={str(folder): {"bind": _RELAY_DIR, "mode": "rw"}},
             init=True,
-            user=f"{uid}:{uid}",
+            user=f"{uid}:{gid}",
             read_only=True,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
