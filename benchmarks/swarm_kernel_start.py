@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import json
 import os
 import statistics
@@ -147,6 +148,9 @@ def main() -> None:
     parser.add_argument("--registry", default="127.0.0.1:5000/jde-bench", help="loopback registry")
     args = parser.parse_args()
 
+    # One test Swarm per machine at a time, as for tests/test_swarm.py: wait for theirs
+    lock = (Path(tempfile.gettempdir()) / "jde-swarm-test.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     up = subprocess.run(["bash", str(CLUSTER), "up"], capture_output=True, text=True, check=False)
     if up.returncode != 0:
         raise SystemExit(f"the two-node Swarm did not come up:\n{up.stderr}")
@@ -175,6 +179,7 @@ def main() -> None:
         asyncio.run(sweep_orphans(engine, INSTANCE))
         engine.remove_image(remote)  # the local tag; the registry keeps its copy
         subprocess.run(["bash", str(CLUSTER), "down"], check=False)
+        lock.close()
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@
 # on its own loopback: a read-only docker-registry there serves the same storage.
 #
 # Only a swarm this script made is ever left (the manager's node carries a label naming it);
-# a swarm someone else made is refused, not touched.
+# a swarm someone else made is refused, not touched. `up` treats what it finds of an earlier
+# worker as a crashed run's leftovers: tests/test_swarm.py and benchmarks/swarm_kernel_start.py
+# hold an flock on /tmp/jde-swarm-test.lock from `up` to `down`, so they never meet.
 set -euo pipefail
 
 NAME=${JDE_SWARM_NAME:-jde-swarm-worker}
