@@ -125,14 +125,16 @@ class ServingApp:
                 load(self.model_path)
         except BaseException as exc:
             self.state = "failed"
-            self._loaded.set()
             log.exception(
                 "loading the handler %s and the model %s failed",
                 self.handler_file,
                 self.model_path,
             )
-            if self.on_load_error is not None:
-                self.on_load_error(exc)
+            try:
+                if self.on_load_error is not None:
+                    self.on_load_error(exc)
+            finally:
+                self._loaded.set()
             return
         self._function = function
         self.state = "ready"
