@@ -1,7 +1,8 @@
 """A serving image's Dockerfile: two stages, the model last.
 
 Stage ``runtime`` starts from the environment's image: it adds the HTTP server to the venv and
-removes what only the kernel needs (:mod:`.prune`), so the venv holds exactly the runtime. The
+removes what only the kernel needs, and what only a compiler reads (:mod:`.prune`), so the venv
+holds exactly the runtime. The
 image itself starts again from the environment's base and takes that finished venv, the server's
 code, the handler, and the model, in that order (from what changes least to what changes most),
 so a new model rebuilds only the last layer. It runs as an unprivileged user, its entry point,
@@ -90,6 +91,7 @@ def render(recipe: Recipe, *, cache_mounts: bool, labels: dict[str, str] | None 
         f"{STAGE_DIR}/prune.py",
         "--system-site-packages",
         "true" if slim.system_site_packages else "false",
+        "--strip-build-inputs",
         *slim.remove_names,
     ]
     steps.append(" ".join(shlex.quote(a) for a in prune))

@@ -2,10 +2,12 @@
 named distributions from the venv, file by file as their RECORD lists them, and say whether the
 venv still sees the system's packages.
 
-    python prune.py --system-site-packages true|false NAME...
+    python prune.py --system-site-packages true|false [--strip-build-inputs] NAME...
 
 Only files inside the venv are removed; then the byte code of removed modules and the folders
-left empty. Standard library only (pip itself may be among the removed).
+left empty. ``--strip-build-inputs`` also removes what only a compiler reads from the packages
+that stay (C, C++ and Cython sources and headers, static libraries): a serving image has no
+compiler. Standard library only (pip itself may be among the removed).
 """
 
 from __future__ import annotations
@@ -37,6 +39,21 @@ def remove(name: str, venv: Path) -> int:
     return removed
 
 
+BUILD_INPUTS = (".c", ".cc", ".cpp", ".cxx", ".h", ".hh", ".hpp", ".pyx", ".pxd", ".pxi", ".a")
+
+
+def strip_build_inputs(venv: Path) -> tuple[int, int]:
+    """Remove compiler inputs from the venv's packages; how many files, how many bytes."""
+    count = size = 0
+    for site in (venv / "lib").glob("python*/site-packages"):
+        for path in site.rglob("*"):
+            if path.suffix in BUILD_INPUTS and path.is_file() and not path.is_symlink():
+                size += path.stat().st_size
+                count += 1
+                path.unlink()
+    return count, size
+
+
 def tidy(venv: Path) -> None:
     """Drop byte code whose source is gone, then folders left empty (deepest first)."""
     for cache in list(venv.rglob("__pycache__")):
@@ -52,6 +69,7 @@ def tidy(venv: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--system-site-packages", choices=["true", "false"], required=True)
+    parser.add_argument("--strip-build-inputs", action="store_true")
     parser.add_argument("names", nargs="*")
     args = parser.parse_args()
     venv = Path(os.path.abspath(sys.prefix))
@@ -59,6 +77,9 @@ def main() -> int:
     for name in args.names:
         count = remove(name, venv)
         print(f"removed {name} ({count} files)")
+    if args.strip_build_inputs:
+        count, size = strip_build_inputs(venv)
+        print(f"removed {count} compiler inputs (sources, headers): {size / 1e6:.1f} MB")
     tidy(venv)
     cfg = venv / "pyvenv.cfg"
     lines = [
