@@ -562,6 +562,11 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
     assert pushed["pushed"] == [f"{remote}:{ref.rpartition(':')[2]}", f"{remote}:latest"]
     assert jde_engine.registry_digest(pushed["pushed"][0]) == pushed["digest"]
 
+    # and a serving image named for a registry is pushed as it is named, no --registry needed
+    named = f"{jde_open_registry}/scoring:{RUN}"
+    assert serve_image(demo, "--tag", named)["built"] is False  # the same image, one more name
+    assert cli.json("push", named)["pushed"] == [named]
+
     # rm takes a serving image too
     assert "removed" in cli("rm", ref).stdout
     assert built["id"] not in {row["id"] for row in cli.json("list", "--serving")}

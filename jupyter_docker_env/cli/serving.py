@@ -45,6 +45,7 @@ def cmd_serve_image(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         loc = envs.location_of(Path(args.dir))
+        await serving.check_inputs(options, Path.cwd(), confine=False)
         # The environment first: reused when it is up to date, built (or pulled) when not.
         await finish(envs.build(loc, BuildOptions(), listeners), envs.cancel)
         request = await serving.request(loc, options, Path.cwd(), confine=False)

@@ -409,23 +409,28 @@ class ServingBuilder:
         return found
 
     # -- sharing ---------------------------------------------------------------------------
-    def push(self, ref: str, op: Operation) -> PushResult:
-        """Push ``ref`` as it is when it names a registry; else to the configured registry as
-        REGISTRY/ENV-serving, by its content hash and as latest (like an environment)."""
+    def remotes(self, ref: str) -> list[str]:
+        """Where a push of ``ref`` goes: ``ref`` itself when it names a registry; else the
+        configured registry as REGISTRY/ENV-serving, by content hash and as latest (like an
+        environment). OperationFailed when there is nowhere to push."""
         found = self.get(ref)
         if _names_registry(ref):
-            remotes = [ref]
-        else:
-            registry = self.images.settings.registry
-            if not registry:
-                raise OperationFailed(
-                    f"no registry is configured (c.DockerEnvApp.registry or --registry), and {ref} "
-                    "names none: tag it for one (serve-image --tag HOST/NAME:TAG) or set one"
-                )
-            if problem := registry_problem(registry):
-                raise OperationFailed(f"{problem}: fix c.DockerEnvApp.registry or --registry")
-            name = f"{registry.rstrip('/')}/{found.env}-serving"
-            remotes = [f"{name}:{found.image.rpartition(':')[2]}", f"{name}:latest"]
+            return [ref]
+        registry = self.images.settings.registry
+        if not registry:
+            raise OperationFailed(
+                f"no registry is configured (c.DockerEnvApp.registry or --registry), and {ref} "
+                "names none: set one, or tag the image for one (serve-image --tag HOST/NAME:TAG)"
+            )
+        if problem := registry_problem(registry):
+            raise OperationFailed(f"{problem}: fix c.DockerEnvApp.registry or --registry")
+        name = f"{registry.rstrip('/')}/{found.env}-serving"
+        return [f"{name}:{found.image.rpartition(':')[2]}", f"{name}:latest"]
+
+    def push(self, ref: str, op: Operation) -> PushResult:
+        """Push ``ref`` to :meth:`remotes`."""
+        found = self.get(ref)
+        remotes = self.remotes(ref)
         pushed = []
         for remote in remotes:
             repo, _, tag = _split(remote)

@@ -73,15 +73,26 @@ class ServingManager(LoggingConfigurable):
         """
 
         def check() -> ServingRequest:
-            root = self.environments.root_dir if confine else None
-            model = Model.read(options.model, cwd, root)
-            handler = Handler.parse(options.handler, cwd, root)
-            tag = check_tag(options.tag)
+            model, handler, tag = self._inputs(options, cwd, confine)
             plan = self.environments.images.plan(loc.folder, resolve_base=False)
             self.builder.environment_image(plan)
             return ServingRequest(loc.folder, model, handler, tag, options.no_cache)
 
         return await self._run(check)
+
+    async def check_inputs(self, options: ServingOptions, cwd: Path, confine: bool = True) -> None:
+        """Check the model, the handler and the tag alone (before building the environment)."""
+        await self._run(self._inputs, options, cwd, confine)
+
+    def _inputs(
+        self, options: ServingOptions, cwd: Path, confine: bool
+    ) -> tuple[Model, Handler, str | None]:
+        root = self.environments.root_dir if confine else None
+        return (
+            Model.read(options.model, cwd, root),
+            Handler.parse(options.handler, cwd, root),
+            check_tag(options.tag),
+        )
 
     def build(
         self, loc: Location, request: ServingRequest, listeners: list[Listener] | None = None
@@ -120,6 +131,7 @@ class ServingManager(LoggingConfigurable):
     async def push(self, ref: str, listeners: list[Listener] | None = None) -> Operation:
         """Start pushing a serving image (see :meth:`ServingBuilder.push` for where)."""
         found = await self.get(ref)
+        await self._run(self.builder.remotes, ref)  # nowhere to push: say so before starting
         return self.operations.start(
             found.env,
             "serving-push",
