@@ -13,6 +13,7 @@ import functools
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from traitlets.config import LoggingConfigurable
 
 from .. import labels as L
+from ..containers import ContainerRequest, hardening
 from ..engine import APIError, Engine, EngineError
 from ..environments.manager import EnvConflict, EnvironmentManager, Location
 from ..models import ServingContainer, ServingImage, ServingOptions
@@ -150,26 +152,39 @@ class ServingManager(LoggingConfigurable):
         self, ref: str, port: int = dockerfile.PORT, environment: dict[str, str] | None = None
     ) -> ServingContainer:
         """Start a container of the serving image, its port published on 127.0.0.1 only
-        (``port`` 0: any free one), read-only, without capabilities."""
+        (``port`` 0: any free one), confined like every container (:func:`hardening`) and
+        read-only besides."""
         return await self._run(self._start, ref, port, dict(environment or {}))
 
     def _start(self, ref: str, port: int, environment: dict[str, str]) -> ServingContainer:
         found = self.builder.get(ref)
+        request = ContainerRequest(
+            role="serving",
+            name=f"docker-env-serve-{found.env}-{uuid.uuid4().hex[:6]}",
+            image=ref,
+            command=(),
+            workspace="",  # nothing of the host: the image holds the model
+            working_dir=dockerfile.APP_DIR,
+            uid=dockerfile.UID,
+            gid=dockerfile.UID,
+            instance_id="",
+            environment=environment,
+            home="/tmp",
+        )
         container = self.engine.create_container(
             ref,
-            detach=True,
-            ports={f"{dockerfile.PORT}/tcp": ("127.0.0.1", port or None)},
-            environment=environment,
+            **hardening(request),
+            name=request.name,
+            working_dir=request.working_dir,
+            environment=dict(request.environment),
             labels={
                 **self.settings.extra_labels,
                 L.MANAGED: "true",
-                L.ROLE: "serving",
+                L.ROLE: request.role,
                 L.SERVING_ENV: found.env,
             },
             read_only=True,
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
+            ports={f"{dockerfile.PORT}/tcp": ("127.0.0.1", port or None)},
         )
         container_id = str(container["Id"])
         try:
