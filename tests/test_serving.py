@@ -300,6 +300,8 @@ def test_handler_model_and_options_are_checked_before_anything_is_built(tmp_path
     (tmp_path / "empty").mkdir()
     handler = Handler.parse("serve.py:predict", tmp_path)
     assert (handler.file, handler.text) == (tmp_path / "serve.py", "serve.py:predict")
+    (tmp_path / "reexport.py").write_text("from serve import predict as score\n")
+    assert Handler.parse("reexport.py:score", tmp_path).function == "score"
     for value, words in (
         ("serve.py", "is not FILE.py:FUNCTION"),
         ("serve.py:nope", "defines no function nope"),

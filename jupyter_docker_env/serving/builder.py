@@ -79,17 +79,14 @@ class Handler:
             tree = ast.parse(file.read_bytes(), filename=file.name)
         except SyntaxError as exc:
             raise FieldError("handler", f"{file.name}, line {exc.lineno}: {exc.msg}") from exc
-        defined = {
-            node.name
-            for node in tree.body
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-        } | {
-            target.id
-            for node in tree.body
-            if isinstance(node, ast.Assign)
-            for target in node.targets
-            if isinstance(target, ast.Name)
-        }
+        defined = set()  # the names its top level binds
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Assign):
+                defined |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            elif isinstance(node, ast.Import | ast.ImportFrom):
+                defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
         if function not in defined:
             raise FieldError("handler", f"{file.name} defines no function {function}")
         return cls(file, function)
