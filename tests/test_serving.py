@@ -578,6 +578,28 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
     assert "Traceback" not in missing.stderr
 
 
+@docker
+def test_the_environments_debian_packages_stay_but_not_their_headers(
+    demo: dict[str, Any], jde_base_image: str, jde_engine: Engine, serving_sweep: None
+) -> None:
+    # Given an environment with a Debian tool and a -dev package (headers, and the library)
+    env = demo["env"].parent / "serving-apt"
+    env.mkdir(exist_ok=True)
+    (env / "docker-env.toml").write_text(
+        f'base = "{jde_base_image}"\napt = ["tini", "libexpat1-dev"]\n'
+    )
+    # When its serving image is built
+    built = serve_image({**demo, "env": env})
+    # Then the tool and the -dev package's library are there at their locked versions, the
+    # headers are not
+    check = (
+        "command -v tini && dpkg-query -W -f='${Status}' libexpat1 "
+        "&& ! dpkg-query -W libexpat1-dev && ! test -e /usr/include/expat.h"
+    )
+    assert "install ok installed" in jde_engine.run_output(built["image"], ["sh", "-c", check])
+    assert built["size"] < built["env_image"]["size"]
+
+
 # -- the REST API -------------------------------------------------------------------------------
 @docker
 @pytest.mark.docker_env_config({"builder": "legacy", "ca_bundle": CA_BUNDLE or ""})

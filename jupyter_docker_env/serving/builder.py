@@ -4,8 +4,8 @@ Everything here blocks (it drives the engine) and runs in an operation's worker 
 serving service's executor; :class:`~.manager.ServingManager` decides when.
 
 A serving image's tag is a hash of its inputs (the environment's image, its base, the model's and
-the handler's digests, the server's code and this renderer), so an unchanged request reuses the
-image and a changed one builds only what changed. Images live in their own repository,
+the handler's digests, and the code that makes and runs the image), so an unchanged request reuses
+the image and a changed one builds only what changed. Images live in their own repository,
 ``PREFIX-serving/ENV``, never mistaken for an environment's.
 """
 
@@ -43,6 +43,7 @@ from .dockerfile import Recipe
 
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE / "runtime"
+RECIPE_FILES = ("dockerfile.py", "slim.py", "probe.py", "prune.py")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -261,15 +262,14 @@ class ServingBuilder:
         )
 
     def _hash(self, env_image_id: str, base: str, request: ServingRequest) -> str:
-        runtime = hashlib.sha256()
-        for file in sorted([*RUNTIME.glob("*.py"), HERE / "prune.py", HERE / "probe.py"]):
-            runtime.update(file.name.encode() + b"\0" + file.read_bytes())
+        # The code that decides what the image holds: a new version of it builds anew.
+        code = hashlib.sha256()
+        for file in sorted([*RUNTIME.glob("*.py"), *(HERE / f for f in RECIPE_FILES)]):
+            code.update(file.name.encode() + b"\0" + file.read_bytes())
         handler_digest, _ = _file_digest(request.handler.file)
         base_id = (self.engine.inspect_image(base) or {}).get("Id", "")
         inputs = {
-            "renderer": dockerfile.RENDERER_VERSION,
-            "server": dockerfile.SERVER_REQUIREMENT,
-            "runtime": runtime.hexdigest(),
+            "code": code.hexdigest(),
             "env_image": env_image_id,
             "base": base_id,
             "model": [request.model.name, request.model.digest],

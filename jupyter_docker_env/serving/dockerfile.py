@@ -20,9 +20,6 @@ from ..environments.dockerfile import PIP_CACHE, VENV
 from ..labels import label_instruction
 from .slim import Slim
 
-# Bump whenever the rendered Dockerfile or the server's code changes in a way the inputs' hash
-# would not see: it is part of every serving image's hash.
-RENDERER_VERSION = "1"
 # gunicorn has no required dependencies; the hash pins exactly the wheel that was reviewed.
 SERVER = "gunicorn"
 SERVER_REQUIREMENT = (
@@ -104,7 +101,9 @@ def render(recipe: Recipe, *, cache_mounts: bool, labels: dict[str, str] | None 
         image.append(
             "RUN apt-get update \\\n"
             f" && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-            f"{packages} \\\n && rm -rf /var/lib/apt/lists/*\n"
+            # no package lists, downloads or caches in the image (bases without docker-clean)
+            f"{packages} \\\n && apt-get clean \\\n"
+            " && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin\n"
         )
     user = f"serving:x:{UID}:{UID}:model server:/nonexistent:/usr/sbin/nologin"
     image.append(
