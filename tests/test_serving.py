@@ -42,6 +42,7 @@ __all__ = ["jp_server_config"]  # the server configuration fixture the REST test
 
 RUN = uuid.uuid4().hex[:8]  # in every model here, so each run builds its serving images anew
 SERVING_PREFIX = f"{JDE_PREFIX}-serving/"
+DOCKER = shutil.which("docker") or "docker"  # the CLI, to run the image as a user would
 HANDLER = """\
 import json
 import time
@@ -406,8 +407,8 @@ def built(demo: dict[str, Any], serving_sweep: None) -> dict[str, Any]:
 
 def docker_run(image: str, *args: str) -> tuple[str, str]:
     """`docker run -d` as a user would, published on loopback; (container id, URL)."""
-    cli = shutil.which("docker") or "docker"
-    run = [cli, "run", "-d", "--label", f"{JDE_TEST_LABEL}={JDE_SESSION}", "-p", "127.0.0.1::8080"]
+    label = f"{JDE_TEST_LABEL}={JDE_SESSION}"
+    run = [DOCKER, "run", "-d", "--label", label, "-p", "127.0.0.1::8080"]
     container = subprocess.run(
         [*run, *args, image],
         check=True,
@@ -415,7 +416,7 @@ def docker_run(image: str, *args: str) -> tuple[str, str]:
         text=True,
     ).stdout.strip()
     port = subprocess.run(
-        [cli, "port", container, "8080/tcp"], check=True, capture_output=True, text=True
+        [DOCKER, "port", container, "8080/tcp"], check=True, capture_output=True, text=True
     ).stdout.split()[0]
     return container, f"http://{port}"
 
@@ -452,8 +453,6 @@ def test_a_serving_image_is_the_runtime_without_the_kernel_and_runs_unprivileged
     assert config["Healthcheck"]["Test"][0] == "CMD"  # not CMD-SHELL
     assert config["Entrypoint"][0] == "/opt/venv/bin/gunicorn"
     python = "/opt/venv/bin/python"
-    uid = jde_engine.run_output(built["image"], [python, "-c", "import os; print(os.getuid())"])
-    assert uid.strip() == "10001"
     for module in ("ipykernel", "IPython", "pip"):
         with pytest.raises(EngineError, match=f"No module named '{module}'"):
             jde_engine.run_output(built["image"], [python, "-c", f"import {module}"])
@@ -477,6 +476,14 @@ def test_docker_run_serves_predictions_and_answers_bad_requests_clearly(
             time.sleep(0.1)
         assert (200, 503) in seen
         assert seen[-1] == (200, 200)
+        # and its server runs as the image's unprivileged user
+        uid = subprocess.run(
+            [DOCKER, "exec", container, "python", "-c", "import os; print(os.getuid())"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        assert uid.strip() == "10001"
         # When it is asked for a prediction, Then it answers the handler's result
         assert http("POST", f"{url}/predict", b'{"features": [3, 1]}') == (
             200,

@@ -170,6 +170,7 @@ class ServingManager(LoggingConfigurable):
             instance_id="",
             environment=environment,
             home="/tmp",
+            pids_limit=1024,  # workers, their threads and the libraries' thread pools
         )
         container = self.engine.create_container(
             ref,
