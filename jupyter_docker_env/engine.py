@@ -570,6 +570,15 @@ class Engine:
         """Create a network (``driver``, ``attachable``, ``labels``, ``options``); its id."""
         return str(self._call(self.client.api.create_network, name, **kwargs)["Id"])
 
+    def in_swarm(self, network_id: str) -> bool:
+        """Is this network in the Swarm's store? (A removed overlay lingers in listings while
+        its last endpoints go.)"""
+        try:
+            self._call(self.client.api.inspect_network, network_id, scope="swarm")
+        except docker.errors.NotFound:
+            return False
+        return True
+
     def remove_network(self, network_id: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             self._call(self.client.api.remove_network, network_id)

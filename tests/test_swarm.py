@@ -38,10 +38,15 @@ from jupyter_docker_env.containers import ContainerError, ContainerFile, Contain
 from jupyter_docker_env.containers.swarm import Cluster, SwarmBackend
 from jupyter_docker_env.engine import Engine, shared_engine
 from jupyter_docker_env.environments.manager import EnvironmentManager
-from jupyter_docker_env.kernels.provisioner import CONNECTION_FILE, backend_for, sweep_orphans
+from jupyter_docker_env.kernels.provisioner import (
+    CONNECTION_FILE,
+    backend_for,
+    instance_id_for,
+    sweep_orphans,
+)
 from jupyter_docker_env.models import BuildOptions
 
-from .conftest import JDE_PREFIX, REPO, jde_build_image
+from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, REPO, jde_build_image
 from .test_provisioner import (  # the same kernels, on another back end
     KernelSpecFactory,
     exit_code,
@@ -701,6 +706,74 @@ def test_a_crashed_server_leaves_services_that_its_restart_sweeps(
     while jde_engine.networks(owned) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert jde_engine.networks(owned) == []
+
+
+@pytest.fixture
+def jp_server_config(jde_base_image: str) -> dict[str, Any]:
+    """A Jupyter server whose kernels run on the Swarm (this module's only server)."""
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_docker_env": True}},
+        "DockerEnvApp": {"default_base": jde_base_image, "image_prefix": JDE_PREFIX},
+        "DockerEnvProvisioner": {"backend": "swarm"},
+    }
+
+
+@pytest.mark.docker
+async def test_a_server_on_swarm_sweeps_its_orphans_at_start_and_starts_kernels_as_services(
+    jde_swarm: Swarm,
+    jde_backend: SwarmBackend,
+    jde_swarm_image: str,
+    jp_serverapp: Any,
+    jp_root_dir: Path,
+    jp_data_dir: Path,
+    jde_engine: Engine,
+) -> None:
+    # Given a server configured for Swarm, its root dir a user's, an environment's kernel spec,
+    # and a service that an earlier run of this same server left behind when it crashed
+    if os.geteuid() == 0:
+        os.chown(jp_root_dir, 1000, 1000)
+    instance = instance_id_for(str(jp_serverapp.root_dir), jp_serverapp.port)
+    orphan = await jde_backend.launch(
+        _request(
+            role="run",
+            name=f"jupyter-run-orphan-{uuid.uuid4().hex[:6]}",
+            image=jde_swarm_image,
+            command=("sleep", "600"),
+            workspace=str(jp_root_dir),
+            working_dir=str(jp_root_dir),
+            uid=1000,
+            gid=1000,
+            instance_id=instance,
+            labels={JDE_TEST_LABEL: JDE_SESSION},
+            ports=(),
+            files=(),
+            placement=(),
+        )
+    )
+    spec_dir = jp_data_dir / "kernels" / "docker-env-swarm"
+    spec_dir.mkdir(parents=True)
+    config = {"image": jde_swarm_image, "placement": jde_swarm.on_worker}
+    provisioner_ = {"provisioner_name": "docker-env-provisioner", "config": config}
+    spec = {"argv": [], "display_name": "s", "language": "python", "metadata": {}}
+    spec["metadata"] = {"kernel_provisioner": provisioner_}
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+
+    # When the server (re)starts, the orphan's service is gone
+    ext = jp_serverapp.web_app.settings["docker_env"]
+    await ext._start_jupyter_server_extension(jp_serverapp)
+    assert jde_engine.inspect_service(orphan.container_id) is None
+
+    # And a kernel it starts is a service on the worker, gone after its shutdown
+    mkm = jp_serverapp.kernel_manager
+    kernel_id = await mkm.start_kernel(kernel_name="docker-env-swarm", path="")
+    try:
+        km = mkm.get_kernel(kernel_id)
+        assert task_of(jde_engine, km)["NodeID"] == jde_swarm.worker
+        assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
+    finally:
+        await mkm.shutdown_kernel(kernel_id, now=True)
+        await sweep_orphans(jde_engine, instance, "swarm")
+    assert jde_engine.services({L.KERNEL_ID: kernel_id}) == []
 
 
 # Last: it takes the worker down for good.

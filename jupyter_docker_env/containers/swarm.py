@@ -706,10 +706,10 @@ class SwarmBackend(LoggingConfigurable):
     def _find_or_create_overlay(self, instance_id: str) -> str:
         owned: dict[str, str | None] = {L.MANAGED: "true", L.INSTANCE: instance_id}
         for network in self.engine.networks(owned):
-            if network.get("Driver") == "overlay":
+            if network.get("Driver") == "overlay" and self.engine.in_swarm(network["Id"]):
                 return str(network["Id"])
         return self.engine.create_network(
-            f"jde-{instance_id}",
+            f"jde-{instance_id}-{os.urandom(2).hex()}",  # a removed one may linger by its name
             driver="overlay",
             attachable=True,
             labels={**owned, L.USER: os_user()},
