@@ -436,6 +436,8 @@ class SwarmBackend(LoggingConfigurable):
             for mount in attrs.get("Mounts") or []:
                 if mount.get("Destination") == _RELAY_DIR:
                     shutil.rmtree(mount["Source"], ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (self.files_dir / instance_id).rmdir()  # once it holds nothing (local kernels' files)
         for network in self.engine.networks(owned):
             self._remove_network(network["Id"])
         for key in [k for k in self._relays if k[0] == instance_id]:
