@@ -120,6 +120,9 @@ def jde_instance(jde_engine: Engine, jde_swarm: Swarm) -> Iterator[str]:
     asyncio.run(sweep_orphans(jde_engine, INSTANCE, "swarm"))
     assert jde_engine.services({L.INSTANCE: INSTANCE}) == []
     assert jde_engine.secrets({L.INSTANCE: INSTANCE}) == []
+    backend = backend_for("swarm", shared_engine(None))
+    assert isinstance(backend, SwarmBackend)
+    assert not (backend.files_dir / INSTANCE).exists()  # the relay's socket folder
     # (its overlay lingers while the lost worker's task holds it: the Swarm goes next)
 
 
