@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 EnvState = Literal["not_built", "building", "built", "failed", "outdated"]
-OperationKind = Literal["build", "push", "pull"]
+OperationKind = Literal["build", "push", "pull", "restore"]
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES: tuple[OperationState, ...] = ("queued", "running")
 
@@ -287,4 +287,79 @@ class Status:
         del data["engine"]["runtimes"]  # the GPU part says what matters of them
         data["gpu"]["runtimes"] = list(self.gpu.runtimes)
         data["allowed_bases"] = list(self.allowed_bases)
+        return data
+
+
+# -- notebooks that carry their environment (notebooks/) ---------------------------------------
+NotebookEnvState = Literal["none", "same", "different", "missing"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing that differs between a notebook's recorded environment and the one here: a
+    package's version, the base image, a spec key or line. ``notebook``/``here`` None: it is not
+    there; "": it is there without a version."""
+
+    section: str  # "python", "apt", "conda", "base", "spec" or a file of the spec
+    name: str
+    notebook: str | None
+    here: str | None
+
+    def words(self) -> str:
+        if self.here is None:
+            return f"{_named(self.name, self.notebook)} only in the notebook's environment"
+        if self.notebook is None:
+            return f"{_named(self.name, self.here)} only here"
+        return f"{self.name}: {self.notebook} in the notebook's environment, {self.here} here"
+
+
+def _named(name: str, version: str | None) -> str:
+    return f"{name} {version}" if version else name
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What recreating a notebook's environment would do, shown before the user confirms."""
+
+    name: str  # the environment it would create (or complete, when it has the same spec)
+    kind: str
+    base: str | None
+    base_digest: str | None
+    pip: tuple[str, ...]
+    apt: tuple[str, ...]
+    conda: tuple[str, ...]
+    files: dict[str, str]
+    source: str | None  # the registry image, by digest, that it would try to pull first
+    allowed: bool
+    refusal: str | None = None  # why it may not, in words, when it may not
+    field: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("pip", "apt", "conda"):
+            data[key] = list(data[key])
+        return data
+
+
+@dataclass(frozen=True)
+class NotebookEnvComparison:
+    """A notebook's recorded environment (metadata.docker_env) against this workspace."""
+
+    path: str
+    state: NotebookEnvState
+    message: str
+    env: str | None = None
+    kernel_name: str | None = None
+    spec_hash: str | None = None
+    image_id: str | None = None
+    registry_image: str | None = None
+    current: dict[str, Any] | None = None  # the environment of that name here: name, state…
+    match: dict[str, Any] | None = None  # a built environment here with the recorded lock
+    differences: tuple[Difference, ...] = ()
+    restore: RestorePlan | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["differences"] = [asdict(d) for d in self.differences]
+        data["restore"] = self.restore.to_json() if self.restore else None
         return data

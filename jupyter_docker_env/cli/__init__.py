@@ -13,7 +13,7 @@ from .. import __version__
 from ..engine import EngineError
 from ..models import FieldError
 from ..operations import Cancelled, OperationFailed
-from . import environments
+from . import environments, notebooks
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,6 +24,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
     environments.register(sub)
+    notebooks.register(sub)
     return p
 
 

@@ -55,28 +55,34 @@ def follow(
     """Run an operation on DIR, its log on stderr (unless --quiet); return its result."""
     envs = manager(args)
 
-    def printer(op: Operation, line: str) -> None:
-        step = f"[{op.step}/{op.total_steps}] " if op.total_steps else ""
-        print(f"{step}{line}", file=sys.stderr, flush=True)
-
     async def run() -> Any:
         loc = envs.location_of(Path(args.dir))
-        op = start(envs, loc, [] if args.quiet else [printer])
-        try:
-            await op.wait()
-        finally:
-            if op.active:
-                envs.cancel(op.id)
-        if op.state == "failed":
-            raise OperationFailed(op.error or "failed", op.failed_step)
-        if op.state == "cancelled":
-            raise Cancelled()
-        return op.result
+        return await outcome(envs, start(envs, loc, [] if args.quiet else [printer]))
 
     try:
         return asyncio.run(run())
     finally:
         envs.close()
+
+
+def printer(op: Operation, line: str) -> None:
+    """An operation's log line on stderr, with its step."""
+    step = f"[{op.step}/{op.total_steps}] " if op.total_steps else ""
+    print(f"{step}{line}", file=sys.stderr, flush=True)
+
+
+async def outcome(envs: EnvironmentManager, op: Operation) -> Any:
+    """The operation's result once it ended (it is cancelled if this is interrupted)."""
+    try:
+        await op.wait()
+    finally:
+        if op.active:
+            envs.cancel(op.id)
+    if op.state == "failed":
+        raise OperationFailed(op.error or "failed", op.failed_step)
+    if op.state == "cancelled":
+        raise Cancelled()
+    return op.result
 
 
 def cmd_build(args: argparse.Namespace) -> int:
