@@ -312,6 +312,9 @@ class Difference:
             return f"{_named(self.name, self.here)} only here"
         return f"{self.name}: {self.notebook} in the notebook's environment, {self.here} here"
 
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "words": self.words()}
+
 
 def _named(name: str, version: str | None) -> str:
     return f"{name} {version}" if version else name
@@ -322,6 +325,7 @@ class RestorePlan:
     """What recreating a notebook's environment would do, shown before the user confirms."""
 
     name: str  # the environment it would create (or complete, when it has the same spec)
+    kernel_name: str
     kind: str
     base: str | None
     base_digest: str | None
@@ -360,6 +364,6 @@ class NotebookEnvComparison:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["differences"] = [asdict(d) for d in self.differences]
+        data["differences"] = [d.to_json() for d in self.differences]
         data["restore"] = self.restore.to_json() if self.restore else None
         return data

@@ -26,6 +26,7 @@ import tomli_w
 from ..environments import lock
 from ..environments.images import BuildSettings, ImageBuilder
 from ..environments.spec import APT_RE, IMAGE_RE, SPEC_FILE, SpecError, check_base_allowed, load
+from ..kernels.kernelspecs import kernel_name
 from ..models import BuildOptions, BuildResult, EnvSpec, FieldError, Lock, RestorePlan
 from ..operations import Operation
 from .record import KIND_FILES, METADATA_KEY, NotebookEnv, RecordError, kind_of
@@ -172,6 +173,7 @@ def preview(
     exact = recorded is not None and record.kind != "dockerfile"
     plan = RestorePlan(
         name=name,
+        kernel_name=kernel_name(name),
         kind=spec.kind if spec else record.kind,
         base=(spec.base if spec else None)
         or (recorded.base.image if recorded and recorded.base else None),

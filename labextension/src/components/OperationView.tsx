@@ -17,7 +17,8 @@ export interface IOperationViewProps {
 const VERBS: { [kind in DockerEnv.OperationKind]: string } = {
   build: 'Build',
   push: 'Push',
-  pull: 'Pull'
+  pull: 'Pull',
+  restore: 'Restore'
 };
 
 /** The last error lines of pip, apt or conda in a log: usually the reason a step failed. */

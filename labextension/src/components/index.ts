@@ -33,6 +33,9 @@
  *      DockerEnv namespace, mirroring openapi.yaml;
  *   3. add `<Runs {...section} />` on its own line in EnvCard, and export it here.
  * A panel-wide part (not per environment) goes into PanelView the same way.
+ *
+ * Outside the panel: NotebookEnvView is the body of a notebook's "Environment missing/differs"
+ * dialog (notebookenv.tsx adds that toolbar item to notebooks that record an environment).
  */
 export { Banner } from './Banner';
 export { BuildControls } from './BuildControls';
@@ -49,6 +52,7 @@ export { LockView } from './LockView';
 export { LogView } from './LogView';
 export { ErrorMessage, Note } from './Messages';
 export { MetaList } from './MetaList';
+export { NotebookEnvView } from './NotebookEnvView';
 export { OperationView } from './OperationView';
 export { PanelView } from './PanelView';
 export { ProgressView } from './ProgressView';
