@@ -24,10 +24,10 @@ class NotebookHandler(DockerEnvHandler):
 
     async def notebook(self, path: Any) -> Any:
         """The notebook at ``path`` (JSON), read as its user may read it."""
-        if not isinstance(path, str) or not path.strip("/"):
-            raise FieldError("path", "give the notebook's path, relative to the workspace")
         if not self.authorizer.is_authorized(self, self.current_user, "read", "contents"):
             raise ApiError(403, "you may not read notebooks on this server")
+        if not isinstance(path, str) or not path.strip("/"):
+            raise FieldError("path", "give the notebook's path, relative to the workspace")
         model = await ensure_async(self.contents_manager.get(path, content=True, type="notebook"))
         return model["content"]
 
