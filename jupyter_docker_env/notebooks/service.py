@@ -99,8 +99,8 @@ class NotebookEnvironments:
         return Location(target_name, folder, readonly=False), checked
 
     async def _environments(self) -> list[Environment]:
-        if not self.envs.notebook_records:
-            await self.envs.refresh_records()
+        # What each kernel runs now (an image may have gone meanwhile); saves profit too.
+        await self.envs.refresh_records()
         return await self.envs.list_all()
 
 

@@ -43,7 +43,9 @@ class NotebookEnvItem extends ReactWidget {
       this.error = asAPIError(reason).message;
     }
     const state = this.comparison?.state;
-    this.setHidden(this.kept || (!this.error && !(state && state in LABELS)));
+    this.setHidden(
+      this.settled || (!this.error && !(state && state in LABELS))
+    );
     this.update();
   }
 
@@ -87,10 +89,10 @@ class NotebookEnvItem extends ReactWidget {
           await session.changeKernel({ name });
         }}
         refreshKernelSpecs={this.refreshKernelSpecs}
-        onKeep={() => {
-          this.kept = true;
+        onSettled={() => {
+          this.settled = true;
+          this.hide();
         }}
-        onSwitched={() => void this.check()}
       />
     );
     await new Dialog({
@@ -98,12 +100,11 @@ class NotebookEnvItem extends ReactWidget {
       body,
       buttons: [Dialog.cancelButton({ label: 'Close' })]
     }).launch();
-    await this.check();
   }
 
   private comparison: DockerEnv.INotebookEnv | null = null;
   private error: string | null = null;
-  private kept = false;
+  private settled = false;
 }
 
 /** Adds the item to every notebook that records an environment (metadata.docker_env). */

@@ -17,10 +17,8 @@ export interface INotebookEnvViewProps {
   useKernel: (name: string) => Promise<void>;
   /** Makes JupyterLab list a new environment's kernel. */
   refreshKernelSpecs: () => Promise<void>;
-  /** The user keeps the environment here as it is: stop warning about it. */
-  onKeep: () => void;
-  /** The notebook runs on another environment now: compare again. */
-  onSwitched: () => void;
+  /** The notebook runs on the environment the user chose: stop warning about it. */
+  onSettled: () => void;
 }
 
 /** The lists of packages a restore installs, as the lock view shows a lock's. */
@@ -122,8 +120,10 @@ export function NotebookEnvView(props: INotebookEnvViewProps): JSX.Element {
     if (props.kernelName() !== kernelName) {
       await props.useKernel(kernelName);
     }
-    setDone(`The notebook runs on environment ${name} (kernel ${kernelName}).`);
-    props.onSwitched();
+    setDone(
+      `The notebook runs on environment ${name} (kernel ${kernelName}); saving it records that environment.`
+    );
+    props.onSettled();
   };
 
   const recreate = (): Promise<void> =>
@@ -217,10 +217,7 @@ export function NotebookEnvView(props: INotebookEnvViewProps): JSX.Element {
             disabled={!idle}
             title="Run the notebook on the environment here, as it is"
             onClick={() =>
-              void act(async () => {
-                await switchTo(current.kernel_name, current.name);
-                props.onKeep();
-              })
+              void act(() => switchTo(current.kernel_name, current.name))
             }
           >
             Use {current.name} as it is here
