@@ -420,14 +420,19 @@ class EnvironmentManager(LoggingConfigurable):
         work: Callable[[Operation], Any],
         listeners: list[Callable[[Operation, str], None]] | None = None,
     ) -> Operation:
+        def work_then_records(op: Operation) -> Any:
+            result = work(op)
+            # Before the operation reads as ended: a notebook saved right after records it.
+            self._load_records()
+            return result
+
         return self.operations.start(
-            loc.name, kind, work, after=self._after_operation, listeners=listeners
+            loc.name, kind, work_then_records, after=self._after_operation, listeners=listeners
         )
 
     async def _after_operation(self, op: Operation) -> None:
         if op.kind != "push":
             await self.sync_kernelspecs()
-        await self.refresh_records()
 
     def build(
         self,
@@ -499,15 +504,15 @@ class EnvironmentManager(LoggingConfigurable):
     async def refresh_records(self) -> None:
         """Describe every built environment's image for the notebooks saved on its kernel."""
         async with self._records_lock:
-            try:
-                self.notebook_records = await self._run(self._notebook_records)
-                self._records_loaded = True
-            except EngineError as exc:
-                self.log.warning("jupyter-docker-env: notebook records not refreshed: %s", exc)
+            await self._run(self._load_records)
 
-    def _notebook_records(self) -> dict[str, NotebookEnv]:
+    def _load_records(self) -> None:
         folders = {name: loc.folder for name, loc in self.locations().items()}
-        return environment_records(folders, self.engine.images(), self.images)
+        try:
+            self.notebook_records = environment_records(folders, self.engine.images(), self.images)
+            self._records_loaded = True
+        except EngineError as exc:
+            self.log.warning("jupyter-docker-env: notebook records not refreshed: %s", exc)
 
     def notebook_record(self, name: str) -> NotebookEnv | None:
         """What a notebook saved on ``name``'s kernel records, from memory: never the engine.
