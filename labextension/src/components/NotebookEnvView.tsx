@@ -2,10 +2,10 @@ import * as React from 'react';
 
 import { DockerEnv, DockerEnvAPI } from '../api';
 import { Button } from './Button';
-import { asAPIError } from './Field';
 import { ErrorMessage, Note } from './Messages';
 import { MetaList } from './MetaList';
 import { OperationView } from './OperationView';
+import { useAction } from './useAction';
 
 export interface INotebookEnvViewProps {
   api: DockerEnvAPI;
@@ -100,21 +100,8 @@ export function NotebookEnvView(props: INotebookEnvViewProps): JSX.Element {
   const [operation, setOperation] = React.useState<DockerEnv.IOperation | null>(
     null
   );
-  const [busy, setBusy] = React.useState(false);
-  const [error, setError] = React.useState<string | null>(null);
   const [done, setDone] = React.useState<string | null>(null);
-
-  const act = async (action: () => Promise<void>): Promise<void> => {
-    setBusy(true);
-    setError(null);
-    try {
-      await action();
-    } catch (reason) {
-      setError(asAPIError(reason).message);
-    } finally {
-      setBusy(false);
-    }
-  };
+  const { busy, error, run: act } = useAction();
 
   const switchTo = async (kernelName: string, name: string): Promise<void> => {
     if (props.kernelName() !== kernelName) {

@@ -13,6 +13,7 @@
  * Building blocks, for every new part:
  *   Field        the ONE labelled input (text, number, textarea, select, checkbox, radio) with
  *                hint and field error. Every input of the panel is a Field.
+ *   useAction    busy state and error of a part's actions (`run(action)`), as cards use them.
  *   useForm      a form's values and the server's error: `<Field type="text" label="Memory"
  *                {...form.text('memory')} />` binds value, onChange, test id and the error the
  *                server names for `memory`; `form.fail(error)` after a refused submit.
@@ -60,5 +61,6 @@ export { Section } from './Section';
 export { Sharing } from './Sharing';
 export { StatusFooter } from './StatusFooter';
 export type { IEnvSectionProps, IPanelActions } from './types';
+export { useAction } from './useAction';
 export { useFollow } from './useFollow';
 export { useForm } from './useForm';
