@@ -20,6 +20,7 @@ import pytest
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments.images import BuildSettings
 from jupyter_docker_env.environments.spec import SPEC_FILE, SpecError
+from jupyter_docker_env.kernels import kernelspecs
 from jupyter_docker_env.labels import LOCK as LABEL_LOCK
 from jupyter_docker_env.labels import SPEC_FILES as LABEL_SPEC_FILES
 from jupyter_docker_env.labels import SPEC_HASH as LABEL_SPEC_HASH
@@ -409,3 +410,24 @@ async def test_a_notebook_on_a_forbidden_base_is_refused_with_a_clear_message(
     await call(jp_fetch, "notebooks/env", params={"path": "nowhere.ipynb"}, expect=404)
     err = await call(jp_fetch, "notebooks/env", params={"path": ""}, expect=400)
     assert err["field"] == "path"
+
+
+@docker
+def test_nbclient_on_an_environment_whose_image_is_gone_names_restore(
+    jde_engine: Engine, jde_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nbclient import NotebookClient
+
+    # Given a kernel spec on disk (as `kernelspec install` writes it) whose image is gone
+    kernels = jde_tmp / "share" / "kernels"
+    gone = f"{JDE_PREFIX}/gone-{RUN}:latest"
+    assert jde_engine.inspect_image(gone) is None
+    spec = kernelspecs.kernel_json(f"gone-{RUN}", gone, gpu=False, extra_config={"user": "1000"})
+    kernelspecs.write(kernels, spec)
+    monkeypatch.setenv("JUPYTER_PATH", str(kernels.parent))
+    nb = nbformat.from_dict(notebook_on(f"docker-env-gone-{RUN}"))
+    # When nbclient (as papermill does) runs a notebook on it
+    client = NotebookClient(nb, kernel_name=f"docker-env-gone-{RUN}", resources={})
+    # Then it fails with words that name the way back
+    with pytest.raises(RuntimeError, match=re.escape("jupyter docker-env restore NOTEBOOK.ipynb")):
+        client.execute(cwd=str(jde_tmp))
