@@ -336,6 +336,19 @@ async def test_restore_from_the_command_line_builds_the_recorded_versions(
     restored = await call(jp_fetch, "envs/nbcli")
     assert restored["state"] == "built"
     assert restored["spec_hash"] == record["spec_hash"]
+
+    # Given only the image is gone again, the folder kept (and edited by hand meanwhile)
+    folder = jp_root_dir / "environments" / "nbcli"
+    (folder / SPEC_FILE).write_text("# kept as it is\n" + (folder / SPEC_FILE).read_text())
+    forget(jde_engine, restored["image"]["id"])
+    # When the notebook's environment is recreated from the notebook
+    op = await call(jp_fetch, "notebooks/env/restore", "POST", {"path": "nb.ipynb"}, expect=202)
+    # Then that folder is completed, not copied: its files stay as they are
+    assert op["env"] == "nbcli"
+    done = await wait_operation(jp_fetch, op["id"])
+    assert done["state"] == "succeeded", done["log"][-20:]
+    assert (folder / SPEC_FILE).read_text().startswith("# kept as it is")
+    assert (await call(jp_fetch, "envs/nbcli"))["lock"] == record["lock"]
     await call(jp_fetch, "envs/nbcli", "DELETE", expect=204)
 
 

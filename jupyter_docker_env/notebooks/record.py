@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,7 @@ def _record(
                 on_disk = lock.read(folder)
                 found_lock = on_disk[0] if on_disk and on_disk[1] == spec_hash else None
     short = spec_hash[:16]
-    return NotebookEnv(
+    record = NotebookEnv(
         env=name,
         kind=kind or detect_kind(folder) or "spec",
         spec_hash=spec_hash,
@@ -208,6 +208,10 @@ def _record(
         lock=found_lock,
         registry=_registry_image(summary, images.settings.registry, short),
     )
+    if record.files is not None and not _validator().is_valid(record.to_json()):
+        # e.g. a Dockerfile's context with names the schema does not take: carry no files
+        record = replace(record, files=None)
+    return record if _validator().is_valid(record.to_json()) else None
 
 
 def _files_label(raw: str | None) -> tuple[dict[str, str] | None, str | None]:
