@@ -346,6 +346,16 @@ class RestorePlan:
 
 
 @dataclass(frozen=True)
+class EnvRef:
+    """An environment here, as a comparison names it (and its kernel, to switch to)."""
+
+    name: str
+    kernel_name: str
+    state: EnvState | None = None
+    spec_hash: str | None = None  # what its kernel runs
+
+
+@dataclass(frozen=True)
 class NotebookEnvComparison:
     """A notebook's recorded environment (metadata.docker_env) against this workspace."""
 
@@ -357,8 +367,8 @@ class NotebookEnvComparison:
     spec_hash: str | None = None
     image_id: str | None = None
     registry_image: str | None = None
-    current: dict[str, Any] | None = None  # the environment of that name here: name, state…
-    match: dict[str, Any] | None = None  # a built environment here with the recorded lock
+    current: EnvRef | None = None  # the environment of that name here
+    match: EnvRef | None = None  # another environment here that is the recorded one
     differences: tuple[Difference, ...] = ()
     restore: RestorePlan | None = None
 

@@ -18,6 +18,7 @@ from ..models import (
     BaseImage,
     Difference,
     Environment,
+    EnvRef,
     EnvSpec,
     Lock,
     NotebookEnvComparison,
@@ -84,16 +85,16 @@ def compare(
         image_id=recorded.image_id,
         registry_image=recorded.registry.pinned if recorded.registry else None,
         current=(
-            {
-                "name": current.name,
-                "state": current.state,
-                "spec_hash": here.spec_hash if here else None,
-                "kernel_name": current.kernel_name,
-            }
+            EnvRef(
+                current.name,
+                current.kernel_name,
+                current.state,
+                here.spec_hash if here else None,
+            )
             if current
             else None
         ),
-        match={"name": match.name, "kernel_name": match.kernel_name} if match else None,
+        match=EnvRef(match.name, match.kernel_name) if match else None,
         differences=tuple(diffs),
         restore=plan,
     )

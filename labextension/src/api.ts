@@ -168,6 +168,15 @@ export namespace DockerEnv {
     name: string;
   }
 
+  /** An environment here, as a comparison names it. */
+  export interface IEnvRef {
+    name: string;
+    kernel_name: string;
+    state?: EnvState | null;
+    /** What its kernel runs. */
+    spec_hash?: string | null;
+  }
+
   /** One thing that differs between a notebook's recorded environment and the one here. */
   export interface IDifference {
     /** python, apt, conda, base, pip, spec, or a requirements/environment file. */
@@ -224,15 +233,9 @@ export namespace DockerEnv {
     /** The recorded image in its registry, by digest. */
     registry_image?: string | null;
     /** The environment of that name here. */
-    current?: {
-      name: string;
-      state: string;
-      /** What its kernel runs. */
-      spec_hash?: string | null;
-      kernel_name: string;
-    } | null;
+    current?: IEnvRef | null;
     /** Another environment here that is the recorded one (same spec and versions). */
-    match?: { name: string; kernel_name: string } | null;
+    match?: IEnvRef | null;
     differences?: IDifference[];
     restore?: IRestorePlan | null;
   }
