@@ -17,7 +17,7 @@ from ..kernels import kernelspecs
 from ..models import NotebookEnvComparison, RestorePlan
 from ..notebooks.record import read_notebook
 from ..notebooks.service import Listener, NotebookEnvironments
-from .environments import emit_json, manager, outcome, printer, registry_option
+from .environments import emit_json, finish, manager, printer, registry_option
 
 
 def show(comparison: NotebookEnvComparison, plan: RestorePlan, folder: Path) -> None:
@@ -75,7 +75,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             return data
         listeners: list[Listener] = [] if args.quiet else [printer]
         op = await notebooks.restore(str(path), notebook, args.name, listeners)
-        result = await outcome(envs, op)
+        result = await finish(op, envs.cancel)
         data["restored"] = {
             **result.to_json(),
             "folder": str(envs.locate(result.name).folder),

@@ -17,6 +17,7 @@ from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
 from ..notebooks.saving import pre_save_hook
 from ..notebooks.service import NotebookEnvironments
+from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
 
@@ -37,6 +38,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     engine: Engine
     environments: EnvironmentManager
+    serving: ServingManager
     notebooks: NotebookEnvironments
 
     def initialize_settings(self) -> None:
@@ -58,6 +60,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             root_dir=root_dir,
             engine=self.engine,
             kernels_dir=self.kernels_dir,
+        )
+        self.serving = self.serving_manager_class(
+            parent=self, settings=self, environments=self.environments, engine=self.engine
         )
         self.notebooks = NotebookEnvironments(self.environments)
         if self.record_environment_in_notebooks:
@@ -92,4 +97,5 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         await self.environments.refresh_records()
 
     async def stop_extension(self) -> None:
+        self.serving.close()
         self.environments.close()

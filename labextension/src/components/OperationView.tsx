@@ -18,6 +18,8 @@ const VERBS: { [kind in DockerEnv.OperationKind]: string } = {
   build: 'Build',
   push: 'Push',
   pull: 'Pull',
+  'serving-build': 'Serving build',
+  'serving-push': 'Push',
   restore: 'Restore'
 };
 
