@@ -23,6 +23,7 @@ LOCK = label("lock")
 GPU = label("gpu")
 OWNER = label("owner")
 RENDERER = label("renderer")
+REPOSITORY = label("repository")  # PREFIX/ENV: finds an environment's untagged earlier images
 # containers
 KERNEL_ID = label("kernel-id")
 INSTANCE = label("instance")

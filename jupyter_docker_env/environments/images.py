@@ -7,8 +7,6 @@ Everything here blocks (it drives the engine) and runs in an operation's worker 
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,22 +21,23 @@ from ..models import (
     BuildOptions,
     BuildResult,
     CatalogImage,
+    FieldError,
     ImageInfo,
     Lock,
     PushResult,
 )
 from ..models import RegistryState as RegistryStateRecord
 from ..operations import Operation, OperationFailed
-from . import dockerfile, lock
+from . import dockerfile, files, lock
 from .spec import (
     CA_FILE,
-    GENERATED_MARK,
-    IMAGE_RE,
     LOCK_FILE,
     SPEC_FILE,
     EnvSpec,
     SpecError,
     check_base_allowed,
+    image_reference,
+    is_generated,
     load,
     spec_hash,
 )
@@ -109,12 +108,11 @@ class ImageBuilder:
         spec = load(folder, self.settings.default_base)
         check_base_allowed(spec, list(self.settings.allowed_bases))
         if spec.kind == "dockerfile":
-            files = _context_files(folder)
-            return Plan(folder, spec, spec_hash(spec, "", dockerfile.RENDERER_VERSION, files), None)
-        existing = folder / "Dockerfile"
-        if existing.is_file() and not existing.read_text(errors="replace").startswith(
-            GENERATED_MARK
-        ):
+            digest = spec_hash(spec, "", dockerfile.RENDERER_VERSION, _context_hashed(folder))
+            return Plan(folder, spec, digest, None)
+        for generated in ("Dockerfile", ".dockerignore", LOCK_FILE):
+            files.check_file(folder, generated)  # a link there is refused, never written through
+        if files.is_file(folder, "Dockerfile") and not is_generated(folder):
             raise SpecError(
                 "Dockerfile",
                 f"{folder} has both {SPEC_FILE} and a hand-written Dockerfile; remove one "
@@ -133,8 +131,8 @@ class ImageBuilder:
         else:
             found_image = self.engine.inspect_image(spec.base)
             base_id = str(found_image["Id"]) if found_image else ""
-        files = {f: (folder / f).read_bytes() for f in dockerfile.input_files(spec)}
-        digest = spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, files) if base_id else ""
+        inputs = {f: files.read_bytes(folder, f) for f in dockerfile.input_files(spec)}
+        digest = spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, inputs) if base_id else ""
         return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id))
 
     def _base_id(self, base: str, op: Operation | None) -> str:
@@ -201,7 +199,17 @@ class ImageBuilder:
         removed = [row for row in self.catalog() if row.name == name]
         for summary in self.images_of(name):
             self.engine.remove_image_tags(summary, repository)
+        self.sweep_untagged(repository)
         return removed
+
+    def sweep_untagged(self, repository: str | None = None) -> None:
+        """Remove the untagged images of this prefix's environments (or of one repository)
+        that no container uses any more: earlier builds that a kernel still used when a
+        rebuild or a delete took their tags."""
+        prefix = f"{self.settings.image_prefix}/"
+        for summary in self.engine.images({L.REPOSITORY: repository}, dangling=True):
+            if (summary.get("Labels") or {}).get(L.REPOSITORY, "").startswith(prefix):
+                self.engine.remove_if_unused(str(summary["Id"]))
 
     # -- the build -------------------------------------------------------------------------
     def build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
@@ -209,10 +217,10 @@ class ImageBuilder:
         plan = self._operation_plan(folder, op, from_lock=options.from_lock)
         ref = self.image_ref(plan)
         op.emit(f"Environment {plan.spec.name}: image {ref}")
-        if plan.spec.kind != "dockerfile" and os.access(plan.folder, os.W_OK):
+        if plan.spec.kind != "dockerfile" and files.writable(plan.folder):
             # Keep the folder a plain build context: the files a colleague's `docker build` needs.
-            _write_if_changed(plan.folder / "Dockerfile", dockerfile.render(plan.spec, folder))
-            _write_if_changed(plan.folder / ".dockerignore", dockerfile.dockerignore(plan.spec))
+            files.write_text(plan.folder, "Dockerfile", dockerfile.render(plan.spec, folder))
+            files.write_text(plan.folder, ".dockerignore", dockerfile.dockerignore(plan.spec))
         if not options.no_cache:
             if (existing := self.find_image(ref)) is not None:
                 op.emit("Unchanged since the last build: reusing the image, nothing to build.")
@@ -241,7 +249,7 @@ class ImageBuilder:
         """plan() for an operation: a spec error fails it, naming the field."""
         try:
             return self.plan(folder, op, from_lock=from_lock)
-        except SpecError as exc:
+        except FieldError as exc:
             raise OperationFailed(str(exc), step=f"spec field {exc.field}") from exc
 
     def _base_record(self, plan: Plan) -> BaseImage | None:
@@ -263,6 +271,7 @@ class ImageBuilder:
             L.SPEC_HASH: plan.hash,
             L.GPU: "true" if plan.spec.gpu else "false",
             L.RENDERER: dockerfile.RENDERER_VERSION,
+            L.REPOSITORY: self.repository(plan.spec.name),
         }
         if self.settings.owner:
             labels[L.OWNER] = self.settings.owner
@@ -272,13 +281,15 @@ class ImageBuilder:
         labels = self.image_labels(plan)
         buildkit = builder == "buildkit"
         with tempfile.TemporaryDirectory(prefix="docker-env-ctx-") as tmp:
+            context = Path(tmp) / "context"
             if plan.spec.kind == "dockerfile":
-                context = plan.folder  # the user's Dockerfile, with the folder as is
-                text = (plan.folder / "Dockerfile").read_text()
+                # The user's Dockerfile with a copy of its context, read without following links:
+                # builders would read the folder as root, and follow a link swapped in meanwhile.
+                files.write_tree(_context_tree(plan.folder), context)
+                text = files.read_text(plan.folder, "Dockerfile")
                 if not buildkit:
                     text = f"{text.rstrip()}\n{label_instruction(labels)}"
             else:
-                context = Path(tmp) / "context"
                 self._context(plan, context)
                 text = dockerfile.render(
                     plan.spec,
@@ -307,10 +318,9 @@ class ImageBuilder:
         """The build context: only what the Dockerfile copies, plus the CA bundle if set."""
         context.mkdir()
         (context / ".dockerignore").write_text(dockerfile.dockerignore(plan.spec))
-        if plan.spec.kind == "spec":
-            shutil.copy(plan.folder / SPEC_FILE, context / SPEC_FILE)
-        for name in dockerfile.input_files(plan.spec):
-            shutil.copy(plan.folder / name, context / name)
+        copied = [SPEC_FILE] if plan.spec.kind == "spec" else []
+        for name in [*copied, *dockerfile.input_files(plan.spec)]:
+            (context / name).write_bytes(files.read_bytes(plan.folder, name))
         ca = self.settings.ca_bundle
         if ca:
             if not Path(ca).is_file():
@@ -319,7 +329,7 @@ class ImageBuilder:
                     "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
                     step="CA bundle",
                 )
-            shutil.copy(ca, context / CA_FILE)
+            (context / CA_FILE).write_bytes(Path(ca).read_bytes())  # the admin's, not the user's
 
     def _follow(self, events: Iterator[Any], op: Operation) -> str:
         current = None
@@ -369,7 +379,7 @@ class ImageBuilder:
             if old is not None and old["Id"] != image.id:
                 self.engine.remove_if_unused(str(old["Id"]))  # a rebuild left it untagged
         found = self.lock_of(image)
-        if found is not None and os.access(plan.folder, os.W_OK):
+        if found is not None and files.writable(plan.folder):
             lock.write(plan.folder, found, plan.hash, plan.spec.name)
         if op:
             op.emit(f"Done: {ref} ({image.id[:19]})")
@@ -493,19 +503,22 @@ def _reason(log: list[str]) -> str:
     return "\n".join(line for line in tail if line.startswith(("ERROR:", "E: ", "error:")))
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+def _context_tree(folder: Path) -> dict[str, files.Entry]:
+    """Everything a plain `docker build` of the folder would send (honouring .dockerignore),
+    read without following links; a link out of the folder is refused."""
+    has_ignore = files.present(folder, ".dockerignore")
+    ignore = files.read_text(folder, ".dockerignore") if has_ignore else ""
+    patterns = [p.strip() for p in ignore.splitlines() if p.strip() and not p.startswith("#")]
+    return files.read_tree(folder, context_names(str(folder), patterns))
 
 
-def _context_files(folder: Path) -> dict[str, bytes]:
-    """Every file a plain `docker build` of the folder would send (honouring .dockerignore)."""
-    ignore = folder / ".dockerignore"
-    patterns = ignore.read_text().splitlines() if ignore.is_file() else []
-    patterns = [p.strip() for p in patterns if p.strip() and not p.startswith("#")]
-    names = sorted(context_names(str(folder), patterns))
+def _context_hashed(folder: Path) -> dict[str, bytes]:
+    """What of the build context names the image: files by content, links by target."""
     skip = {LOCK_FILE, CA_FILE}
-    return {n: (folder / n).read_bytes() for n in names if (folder / n).is_file() and n not in skip}
+    tree = _context_tree(folder)
+    hashed = {n: e.data for n, e in tree.items() if e.kind == "file" and n not in skip}
+    hashed.update({f"{n}\0link": e.data for n, e in tree.items() if e.kind == "link"})
+    return hashed
 
 
 def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
@@ -517,7 +530,7 @@ def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
 
 def registry_problem(registry: str) -> str | None:
     """Why ``registry`` is no HOST[:PORT]/NAMESPACE setting, or None when it is one."""
-    if IMAGE_RE.match(f"{registry.rstrip('/')}/env:tag"):
+    if image_reference(f"{registry.rstrip('/')}/env:tag"):
         return None
     return (
         f"the registry setting {registry!r} is not HOST[:PORT]/NAMESPACE like "
