@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import ACTIVE_STATES, OperationKind, OperationState
+from .engine import EngineUnavailable
+from .models import ACTIVE_STATES, FieldError, OperationKind, OperationState
 
 # Colour and cursor codes that pip and apt print: noise in a log read in a browser.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -196,6 +197,11 @@ class OperationManager:
         except OperationFailed as exc:
             op.state, op.error, op.failed_step = "failed", str(exc), exc.step
             op.emit(f"ERROR: {exc}")
+        except (FieldError, EngineUnavailable) as exc:  # a file refused, the engine gone
+            op.state, op.error = "failed", str(exc)
+            op.failed_step = f"file {exc.field}" if isinstance(exc, FieldError) else None
+            op.emit(f"ERROR: {exc}")
+            self.log.warning("jupyter-docker-env: %s of %s failed: %s", op.kind, op.env, exc)
         except Exception as exc:  # a bug or an engine fault: the owner and the admin must hear
             op.state, op.error = "failed", f"{type(exc).__name__}: {exc}"
             op.emit(f"ERROR: {op.error}")

@@ -70,6 +70,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                     len(removed),
                 )
         await self.environments.sync_kernelspecs()
+        await self.environments.sweep_images()  # what the last run's kernels held untagged
 
     async def stop_extension(self) -> None:
         self.environments.close()
