@@ -25,8 +25,8 @@ import tomli_w
 
 from jupyter_docker_env.cli import main as cli_main
 from jupyter_docker_env.environments import dockerfile
-from jupyter_docker_env.environments.spec import SPEC_FILE, SPEC_KEYS, EnvSpec, load
-from jupyter_docker_env.models import FieldError
+from jupyter_docker_env.environments.spec import SPEC_FILE, SPEC_KEYS, load
+from jupyter_docker_env.models import EnvSpec, FieldError
 
 from .test_api import API, jp_server_config
 
