@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -279,6 +280,32 @@ def test_writes_belong_to_the_folder_owner_and_replace_links(
     assert secret.read_text() == "root only\n"
 
 
+@as_root
+def test_a_user_reaches_a_folder_through_folders_they_may_only_traverse(jde_tmp: Path) -> None:
+    # Given an environment of uid 1000 below a folder that uid may cross but not list (0711)
+    (jde_tmp / "home").mkdir(mode=0o711)
+    folder = jde_tmp / "home" / "env"
+    folder.mkdir()
+    (folder / "docker-env.toml").write_text('pip = ["six"]\n')
+    give_to_kernel(folder)
+    # When that user's CLI reads it, Then it reads it as any program could
+    script = (
+        "import pathlib, sys\n"
+        "from jupyter_docker_env.environments.spec import load\n"
+        "print(load(pathlib.Path(sys.argv[1]), 'python:3').pip)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(folder)],
+        user=KERNEL_UID,
+        group=KERNEL_UID,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "('six',)", out.stderr
+
+
 def test_a_build_context_keeps_links_inside_and_refuses_links_out(jde_tmp: Path) -> None:
     folder = jde_tmp / "ctx"
     (folder / "data").mkdir(parents=True)
@@ -390,6 +417,31 @@ async def test_input_that_crashed_the_server_is_a_400_naming_its_field(
         resp = await jp_fetch(API, "envs", method="POST", body=raw, raise_error=False)
         assert resp.code == 400
         assert json.loads(resp.body)["field"] == "body"
+
+
+@as_root
+@NO_ENGINE
+async def test_a_request_cannot_make_the_server_read_what_its_user_could_not(
+    jp_fetch: Any, jp_root_dir: Path, jde_tmp: Path
+) -> None:
+    # Given a workspace of uid 1000 holding a root-only file, and a link to one outside
+    give_to_kernel(jp_root_dir)
+    (jp_root_dir / "src").mkdir()
+    give_to_kernel(jp_root_dir / "src")
+    (jp_root_dir / "src" / "requirements.txt").write_text("root only\n")
+    (jp_root_dir / "src" / "requirements.txt").chmod(0o600)
+    (jde_tmp / "environment.yml").write_text("dependencies: []\n")
+    (jp_root_dir / "src" / "environment.yml").symlink_to(jde_tmp / "environment.yml")
+    # When environments are created from them, Then both are refused, naming from_path
+    for source, words in (
+        ("src/requirements.txt", "owner may not read it"),
+        ("src/environment.yml", "outside the workspace"),
+    ):
+        body = {"name": "stolen", "from_path": source}
+        err = await call(jp_fetch, "envs", "POST", body, expect=400)
+        assert err["field"] == "from_path"
+        assert words in err["message"]
+    assert not (jp_root_dir / "environments").exists()
 
 
 # -- REST: no engine → a clear 503, and nothing changes ----------------------------------------

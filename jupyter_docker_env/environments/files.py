@@ -33,7 +33,8 @@ from ..models import FieldError
 
 MAX_INPUT = 8 * 1024**2  # a spec, requirements or environment file larger than this is a mistake
 NAME_MAX = 255  # bytes in one file name (Linux)
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Folders on the way are opened as paths only: search permission suffices, as for any path.
+_DIR = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 NO_LINKS = (

@@ -359,8 +359,7 @@ class EnvironmentManager(LoggingConfigurable):
             spec = parse(body, self.env_dirs[0] / name, self.settings.default_base)
             content[SPEC_FILE] = tomli_w.dumps(spec.to_toml()).encode()
         else:
-            source = self._workspace_file(from_path)
-            content[source.name] = files.read_bytes(source.parent, source.name)
+            source, content[source.name] = self._workspace_file(from_path)
             spec_text = self._spec_for(source, body)
             if spec_text is not None:
                 content[SPEC_FILE] = spec_text.encode()
@@ -397,8 +396,8 @@ class EnvironmentManager(LoggingConfigurable):
         spec = parse({key: source.name, **body}, source.parent, self.settings.default_base)
         return tomli_w.dumps(spec.to_toml()) if extra else None
 
-    def _workspace_file(self, path: Any) -> Path:
-        """The real path of a file the user named in the workspace, or SpecError."""
+    def _workspace_file(self, path: Any) -> tuple[Path, bytes]:
+        """The real path and the content of a file the user named in the workspace."""
         if not isinstance(path, str) or not path:
             raise SpecError("from_path", "must be the path of a file in the workspace")
         check_text("from_path", path)
@@ -411,9 +410,10 @@ class EnvironmentManager(LoggingConfigurable):
             raise SpecError(
                 "from_path", f"{shown(path)} must be one of: {', '.join(sorted(CREATE_FROM))}"
             )
-        if not files.is_file(source.parent, source.name):
-            raise SpecError("from_path", f"{shown(path)} does not exist or is not a file")
-        return source
+        try:
+            return source, files.read_bytes(source.parent, source.name)
+        except files.FileRefused as exc:
+            raise SpecError("from_path", f"{shown(path)} {exc.message}") from exc
 
     def _require_engine(self) -> None:
         """Raise EngineUnavailable before a change that could not be shown without the engine."""
