@@ -37,9 +37,7 @@ NAME_MAX = 255  # bytes in one file name (Linux)
 _DIR = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-NO_LINKS = (
-    "the server never follows links in environment folders: put the file itself there instead"
-)
+NO_LINKS = "links in environment folders are never followed: put the file itself there instead"
 
 
 class FileRefused(FieldError):
@@ -354,8 +352,8 @@ def read_tree(folder: Path, names: Iterable[str]) -> dict[str, Entry]:
                         raise FileRefused(
                             name,
                             f"is a symbolic link to {target!r}, outside the environment folder: "
-                            "builders would send only the link, and the server never follows "
-                            "it; copy the file in instead",
+                            "builders would send only the link, and it is never followed; copy "
+                            "the file in instead",
                         )
                     tree[name] = Entry("link", os.fsencode(target))
                 elif stat.S_ISREG(st.st_mode):
