@@ -25,8 +25,9 @@ from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments import dockerfile, files
 from jupyter_docker_env.environments.spec import SpecError, load, parse
 from jupyter_docker_env.labels import label
+from jupyter_docker_env.operations import Operation, OperationManager
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_TEST_LABELS
+from .conftest import CA_BUNDLE, JDE_FIXTURE_LABEL, JDE_PREFIX, JDE_TEST_LABELS
 from .test_api import API, call, jp_server_config, wait_operation
 
 __all__ = ["jp_server_config"]  # the test server's configuration, shared with test_api
@@ -38,6 +39,8 @@ NO_ENGINE = pytest.mark.docker_env_config(
     {"docker_host": "unix:///nonexistent/docker.sock", "registry": "127.0.0.1:5999/team"}
 )
 KERNEL_UID = 1000  # the uid a kernel runs as (the workspace's owner)
+# Plain containers that stand for a kernel holding an image (not confined like a real one)
+HOLDER_LABELS = {**JDE_TEST_LABELS, JDE_FIXTURE_LABEL: "1"}
 # Names refused on every route: Docker's grammar, lengths, paths and control characters.
 BAD_NAMES = [
     "a..b",
@@ -707,6 +710,26 @@ async def test_links_a_kernel_plants_are_never_followed_by_a_build(
         await call(jp_fetch, f"envs/{name}", "DELETE", expect=204)
 
 
+# -- operations ------------------------------------------------------------------------------
+async def test_an_operation_ends_for_its_clients_only_once_its_follow_up_is_done() -> None:
+    # Given a build whose follow-up (writing kernel specs, sweeping old images) takes a while
+    operations = OperationManager(workers=1)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def follow_up(op: Operation) -> None:
+        started.set()
+        await release.wait()
+
+    op = operations.start("demo", "build", lambda op: "built", after=follow_up)
+    await started.wait()
+    # Then clients see it running until then: "succeeded" means its kernel spec is there
+    assert op.state == "running"
+    release.set()
+    await op.wait()
+    assert op.state == "succeeded"
+    operations.close()
+
+
 # -- leftovers --------------------------------------------------------------------------------
 @docker
 @pytest.mark.docker_env_config({"ca_bundle": CA_BUNDLE or ""})
@@ -719,7 +742,7 @@ async def test_delete_removes_the_image_a_kernel_kept_through_a_rebuild(
     await call(jp_fetch, "envs", "POST", body, expect=201)
     assert (await _build(jp_fetch, "leftover"))["state"] == "succeeded"
     first = (await call(jp_fetch, "envs/leftover"))["image"]["id"]
-    kernel = jde_engine.create_container(first, command=["sleep", "600"], labels=JDE_TEST_LABELS)
+    kernel = jde_engine.create_container(first, command=["sleep", "600"], labels=HOLDER_LABELS)
     jde_engine.start_container(kernel["Id"])
     # When it is rebuilt from scratch while the kernel still uses the first image
     op = await call(jp_fetch, "envs/leftover/builds", "POST", {"no_cache": True}, expect=202)
@@ -749,9 +772,7 @@ async def test_a_server_start_sweeps_untagged_images_that_kernels_held(
         tag = f"{JDE_PREFIX}-swept:{run}"
         labels = {label("managed"): "true", label("repository"): repository, "run": run}
         image_id = jde_engine.add_labels(base, {**labels, **JDE_TEST_LABELS}, tag=tag)
-        user = jde_engine.create_container(
-            image_id, command=["sleep", "600"], labels=JDE_TEST_LABELS
-        )
+        user = jde_engine.create_container(image_id, command=["sleep", "600"], labels=HOLDER_LABELS)
         jde_engine.start_container(user["Id"])
         jde_engine.remove_image(tag, force=True)  # the tag goes, the image in use stays
         made.append((image_id, str(user["Id"])))
