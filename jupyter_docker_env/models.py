@@ -192,6 +192,7 @@ class Environment:
     env: dict[str, str] = field(default_factory=dict)
     requirements: str | None = None
     environment: str | None = None
+    warm: int | None = None
     error: str | None = None
     spec_hash: str | None = None
     image: ImageInfo | None = None
@@ -220,6 +221,7 @@ class Environment:
             "env": dict(self.env),
             "requirements": self.requirements,
             "environment": self.environment,
+            "warm": self.warm,
             "error": self.error,
             "spec_hash": self.spec_hash,
             "image": self.image.to_json() if self.image else None,
@@ -247,6 +249,21 @@ class GpuStatus:
 
 
 @dataclass(frozen=True)
+class WarmPool:
+    """Kernels of an environment started ahead of time (schema ``WarmPool``)."""
+
+    env: str  # the environment's name
+    image: str
+    size: int  # how many it keeps ready
+    ready: int
+    starting: int
+    claims: int  # kernel starts it served
+    idle_memory: int  # bytes its waiting kernels use, measured when each became ready
+    idle_seconds: float  # since its last kernel start (or since it formed)
+    error: str | None = None  # why it cannot fill, when it cannot
+
+
+@dataclass(frozen=True)
 class Status:
     version: str
     engine: EngineStatus
@@ -254,9 +271,11 @@ class Status:
     allowed_bases: tuple[str, ...]
     default_base: str
     registry: str | None
+    pools: tuple[WarmPool, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["gpu"]["runtimes"] = list(self.gpu.runtimes)
         data["allowed_bases"] = list(self.allowed_bases)
+        data["pools"] = [asdict(pool) for pool in self.pools]
         return data

@@ -16,7 +16,7 @@ import asyncio
 import functools
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -119,6 +119,8 @@ class EnvironmentManager(LoggingConfigurable):
         self.kernels_dir = kernels_dir
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-env-envs")
         self._plans: dict[Path, tuple[Any, Plan | SpecError]] = {}
+        #: Called after every kernel-spec sync (builds, pulls and deletes end with one).
+        self.kernelspecs_synced: list[Callable[[], Awaitable[None]]] = []
 
     def _under_root(self, path: str) -> Path:
         p = (self.root_dir / path).resolve()
@@ -278,6 +280,7 @@ class EnvironmentManager(LoggingConfigurable):
             env=spec.env,
             requirements=spec.requirements,
             environment=spec.environment,
+            warm=spec.warm,
             spec_hash=plan.hash or None,
             image=image,
             lock=found_lock,
@@ -467,10 +470,12 @@ class EnvironmentManager(LoggingConfigurable):
             if latest is None:
                 continue
             gpu = latest.labels.get(L.GPU) == "true"
+            config = dict(extra_config or {})
+            plan = self._plan(loc, images)
+            if not isinstance(plan, SpecError) and plan.spec.warm is not None:
+                config["warm_pool_size"] = plan.spec.warm  # the environment asks for its own
             specs.append(
-                kernelspecs.kernel_json(
-                    loc.name, self.images.latest_ref(loc.name), gpu, extra_config
-                )
+                kernelspecs.kernel_json(loc.name, self.images.latest_ref(loc.name), gpu, config)
             )
         return specs
 
@@ -486,6 +491,8 @@ class EnvironmentManager(LoggingConfigurable):
             kernelspecs.sync(kernels_dir, self.kernel_specs(extra))
 
         await self._run(sync)
+        for hook in self.kernelspecs_synced:
+            await hook()
 
 
 def _read_lock(folder: Path) -> Any:

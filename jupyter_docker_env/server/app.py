@@ -14,6 +14,7 @@ from ..config import DockerEnvConfig
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
+from ..kernels.warm import WarmKernels
 from .handlers import HANDLERS
 
 
@@ -25,6 +26,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     engine: Engine
     environments: EnvironmentManager
+    warm: WarmKernels
 
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
@@ -46,6 +48,10 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             engine=self.engine,
             kernels_dir=self.kernels_dir,
         )
+        self.warm = WarmKernels(
+            self.instance_id, root_dir, ksm, docker_host=self.docker_host, parent=self
+        )
+        self.environments.kernelspecs_synced.append(self.warm.specs_changed)
         self.settings.update(docker_env=self)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -69,7 +75,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                     "run of this server",
                     len(removed),
                 )
+        await self.warm.start()
         await self.environments.sync_kernelspecs()
 
     async def stop_extension(self) -> None:
+        await self.warm.stop()
         self.environments.close()

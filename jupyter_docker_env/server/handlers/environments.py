@@ -8,6 +8,7 @@ everything else ``write`` (builds and kernels run code); starting a kernel also 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import cast
 
 from jupyter_client.kernelspec import NoSuchKernel
@@ -28,7 +29,8 @@ class StatusHandler(DockerEnvHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply((await self.environments.status()).to_json())
+        status = await self.environments.status()
+        self.reply(replace(status, pools=tuple(self.ext.warm.states())).to_json())
 
 
 class EnvsHandler(DockerEnvHandler):
