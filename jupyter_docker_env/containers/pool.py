@@ -177,6 +177,9 @@ class PooledLocalBackend(LocalBackend):
         if instance is None:
             return
         for key, pool in list(instance.pools.items()):
+            if pool.filler is not None and not pool.filler.done():
+                with contextlib.suppress(Exception):
+                    await pool.filler  # what it is starting may be of the previous image
             current = await self._image_id(pool.template.image)
             stale = {w.image_id for w in pool.ready if w.image_id != current}
             if current and not stale:

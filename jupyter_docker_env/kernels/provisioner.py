@@ -154,14 +154,20 @@ def _sweep_connection_files(instance_id: str) -> None:
     if not ledger.is_dir():
         return
     for entry in ledger.iterdir():
-        with contextlib.suppress(OSError, UnicodeDecodeError):
+        with contextlib.suppress(OSError, ValueError):
             path = Path(entry.read_text().strip())
-            # only a kernel connection file, never through a link
-            named = path.name.startswith("kernel-") and path.suffix == ".json"
-            if named and path.is_absolute() and not path.is_symlink() and path.is_file():
+            if _is_connection_file(path):
                 path.unlink()
         with contextlib.suppress(OSError):
             entry.unlink()
+
+
+def _is_connection_file(path: Path) -> bool:
+    """A kernel's connection file (never followed through a link), not anything else."""
+    if not path.is_absolute() or path.suffix != ".json" or path.is_symlink() or not path.is_file():
+        return False
+    info = json.loads(path.read_text())
+    return isinstance(info, dict) and {"key", "shell_port", "iopub_port"} <= info.keys()
 
 
 def _within(path: str, root: str) -> bool:

@@ -55,7 +55,8 @@ class WarmKernels(LoggingConfigurable):
             **{**self._engine_config, **config},
         )
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Enable pools (the kernel-spec sync that follows a server's start prewarms them)."""
         if (pools := self.pools) is None:
             return
         settings = self.settings.pool_settings()
@@ -65,7 +66,6 @@ class WarmKernels(LoggingConfigurable):
             self.settings.warm_pool_size,
             settings.memory_budget // 1024**2,
         )
-        await self.prewarm()
 
     async def specs_changed(self) -> None:
         """After builds, pulls and deletes: drop stale pools, start those that are asked for."""

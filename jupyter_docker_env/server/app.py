@@ -75,7 +75,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                     "run of this server",
                     len(removed),
                 )
-        await self.warm.start()
+        self.warm.start()
         await self.environments.sync_kernelspecs()
 
     async def stop_extension(self) -> None:
