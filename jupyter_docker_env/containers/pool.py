@@ -79,9 +79,9 @@ for name in sys.argv[3:]:
     except ImportError:
         pass  # an optional module this image lacks: the kernel does without it too
 while True:
-    with open(pipe, "rb") as claim:  # blocks until the server claims this container
-        data = claim.read()
-    if data:
+    with open(pipe, "rb") as fifo:  # blocks until the server opens the other end
+        data = fifo.read()
+    if data:  # (a readiness probe opens and closes it without writing)
         break
 claim = json.loads(data)
 os.environ.update(claim["env"])

@@ -272,8 +272,8 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         "notebook takes a waiting kernel (~0.1 s) instead of starting one (~0.8 s). A pool forms "
         "on a placement's first start and empties after warm_pool_idle_timeout without a start; "
         "an environment asks for its own size, kept from the server's start, with `warm = N` in "
-        "its docker-env.toml. A waiting kernel holds ~26 MiB (measured idle; all pools together "
-        "stay within warm_pool_memory). 0: every start is cold.",
+        "its docker-env.toml. A waiting kernel holds ~36 MiB (ipykernel 7, measured idle; all "
+        "pools together stay within warm_pool_memory). 0: every start is cold.",
     ).tag(config=True)
     warm_pool_memory = Union(
         [Unicode(), Int()],
