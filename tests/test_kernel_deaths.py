@@ -139,9 +139,11 @@ async def test_a_cell_killed_for_memory_says_so_and_the_kernel_is_idle_again_soo
             assert time.monotonic() - restarted < 10, model
             await asyncio.sleep(0.2)
         assert "out of memory" in model.get("reason", "")
-        # And the notebook, reconnecting as JupyterLab does after "restarting", runs cells again
+        # And the notebook, reconnecting as JupyterLab does after "restarting", is told the
+        # kernel is idle (not left "unknown" until it runs something), and runs cells again
         notebook.ws.close()
         notebook = Notebook(await jp_ws_fetch("api", "kernels", kernel_id, "channels"))
+        await notebook.until(lambda m: status("idle")(m) and not m["parent_header"], 10)
         again = notebook.execute("print(1 + 1)")
         await notebook.until(
             lambda m: m["msg_type"] == "stream" and m["parent_header"].get("msg_id") == again, 30

@@ -12,7 +12,10 @@ on the kernel managers of a Jupyter server, adds three things:
   kernel, as jupyter_server itself does for rate-limit notices), and ``/api/kernels`` shows it as
   the kernel's ``reason``;
 - ``execution_state`` says ``restarting`` during the restart and ``idle`` as soon as the new
-  kernel answers a ``kernel_info_request``;
+  kernel answers a ``kernel_info_request``, in ``/api/kernels`` and to the notebook: a client
+  that (re)connects is told the state the server knows (JupyterLab otherwise shows "Unknown" or
+  "Starting" after a restart until the next execution, since the new kernel's own status
+  messages come before its new connection listens, or answer requests it does not track);
 - a kernel that died with the Docker engine is not restarted at all (it could not be): it is
   reported ``dead`` with the reason, its clients are told so, and the restarter stops, instead
   of logging tracebacks every few seconds. A failed restart is logged in one line and counts
@@ -141,11 +144,27 @@ class ContainerKernelRestarter(AsyncIOLoopKernelRestarter):
         def answered(_msg: t.Any) -> None:
             if getattr(km, "execution_state", None) == "starting":
                 self._set_state("idle")
+                for connection in self._connections():
+                    self._tell_state(connection)
             done()
 
         timeout = loop.call_later(READY_TIMEOUT, done)
         shell.on_recv(answered)
         km.session.send(shell, "kernel_info_request")
+
+    def add_callback(self, f: t.Callable[..., t.Any], event: str = "restart") -> None:
+        super().add_callback(f, event)
+        # jupyter_server's websocket connections register here when a client (re)connects
+        connection = getattr(f, "__self__", None)
+        if event == "restart" and getattr(connection, "kernel_id", None) == self._kernel_id:
+            self._tell_state(connection)
+
+    def _tell_state(self, connection: t.Any) -> None:
+        """Send a client the execution state the server knows, when it is a settled one."""
+        state = getattr(self.kernel_manager, "execution_state", None)
+        send = getattr(connection, "_send_status_message", None)  # how jupyter_server does it
+        if state in ("idle", "busy") and send is not None:
+            send(state)
 
     # -- the server's side ---------------------------------------------------------------------
     @property
