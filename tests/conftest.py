@@ -326,3 +326,23 @@ def jde_engine_proxy() -> Iterator[EngineProxy]:
     yield proxy
     proxy.stop()
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def jde_kernel_spec_json(image: str, env_name: str, **config: Any) -> dict[str, Any]:
+    """A kernel.json as the server extension writes it (empty argv), test-labelled."""
+    return {
+        "argv": [],
+        "display_name": f"{env_name} (test env)",
+        "language": "python",
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": "docker-env-provisioner",
+                "config": {
+                    "image": image,
+                    "env_name": env_name,
+                    "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
+                    **config,
+                },
+            }
+        },
+    }

@@ -21,7 +21,7 @@ from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.kernels.provisioner import instance_id_for, sweep_orphans
 from jupyter_docker_env.labels import label
 
-from .conftest import JDE_SESSION, JDE_TEST_LABEL, EngineProxy
+from .conftest import EngineProxy, jde_kernel_spec_json
 
 pytestmark = pytest.mark.docker
 KERNEL = "docker-env-deaths"
@@ -41,22 +41,7 @@ def jde_server_kernel_spec(jde_kernel_image: str, jp_data_dir: Path, jp_root_dir
     def write(**config: Any) -> str:
         folder = jp_data_dir / "kernels" / KERNEL
         folder.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "argv": [],
-            "display_name": "deaths",
-            "language": "python",
-            "metadata": {
-                "kernel_provisioner": {
-                    "provisioner_name": "docker-env-provisioner",
-                    "config": {
-                        "image": jde_kernel_image,
-                        "env_name": "deaths",
-                        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
-                        **config,
-                    },
-                }
-            },
-        }
+        spec = jde_kernel_spec_json(jde_kernel_image, "deaths", **config)
         (folder / "kernel.json").write_text(json.dumps(spec))
         return KERNEL
 

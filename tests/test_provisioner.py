@@ -45,7 +45,7 @@ from jupyter_docker_env.kernels.resources import parse_gpus, parse_memory
 from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
 from jupyter_docker_env.labels import label
 
-from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, EngineProxy, jde_build_image
+from .conftest import JDE_PREFIX, EngineProxy, jde_build_image, jde_kernel_spec_json
 
 INSTANCE = f"test-{uuid.uuid4().hex[:12]}"
 SECRET = "JDE_TEST_SERVER_SECRET"
@@ -82,24 +82,11 @@ def jde_kernel_spec(
 
     def make(**config: Any) -> tuple[KernelSpecManager, str]:
         name = f"jde-test-{uuid.uuid4().hex[:6]}"
-        spec = {
-            "argv": [],
-            "display_name": "Python (test env)",
-            "language": "python",
-            "metadata": {
-                "kernel_provisioner": {
-                    "provisioner_name": "docker-env-provisioner",
-                    "config": {
-                        "image": jde_kernel_image,
-                        "env_name": "test-env",
-                        "workspace": str(jde_workspace),
-                        "instance_id": jde_instance,
-                        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
-                        **config,
-                    },
-                }
-            },
-        }
+        spec = jde_kernel_spec_json(
+            jde_kernel_image,
+            "test-env",
+            **{"workspace": str(jde_workspace), "instance_id": jde_instance, **config},
+        )
         (tmp_path / "kernels" / name).mkdir(parents=True)
         (tmp_path / "kernels" / name / "kernel.json").write_text(json.dumps(spec))
         return KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]), name
@@ -595,25 +582,8 @@ async def test_in_jupyter_server_the_kernel_mounts_root_dir_and_starts_in_the_no
             os.chown(path, 1000, 1000)
     spec_dir = jp_data_dir / "kernels" / "docker-env-test"
     spec_dir.mkdir(parents=True)
-    config = {
-        "image": jde_kernel_image,
-        "env_name": "demo",
-        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
-    }
     spec_dir.joinpath("kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [],
-                "display_name": "demo",
-                "language": "python",
-                "metadata": {
-                    "kernel_provisioner": {
-                        "provisioner_name": "docker-env-provisioner",
-                        "config": config,
-                    }
-                },
-            }
-        )
+        json.dumps(jde_kernel_spec_json(jde_kernel_image, "demo"))
     )
     mkm = jp_serverapp.kernel_manager
     instance = instance_id_for(jp_serverapp.root_dir, jp_serverapp.port)
