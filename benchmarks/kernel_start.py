@@ -204,6 +204,7 @@ async def main() -> None:
                 for kind in order:
                     await pool.full()
                     ready[kind].append((await first_reply(ksm, names[kind], cwd, ready=True))["s"])
+            await pool.full()
             idle_memory = pool.idle_memory()
         finally:
             await pool.close()
