@@ -15,6 +15,7 @@ from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
 from ..kernels.warm import WarmKernels
+from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
 
@@ -27,6 +28,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     engine: Engine
     environments: EnvironmentManager
     warm: WarmKernels
+    serving: ServingManager
 
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
@@ -52,6 +54,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             self.instance_id, root_dir, ksm, docker_host=self.docker_host, parent=self
         )
         self.environments.kernelspecs_synced.append(self.warm.specs_changed)
+        self.serving = self.serving_manager_class(
+            parent=self, settings=self, environments=self.environments, engine=self.engine
+        )
         self.settings.update(docker_env=self)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -80,4 +85,5 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     async def stop_extension(self) -> None:
         await self.warm.stop()
+        self.serving.close()
         self.environments.close()
