@@ -328,8 +328,9 @@ def jde_engine_proxy() -> Iterator[EngineProxy]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def jde_kernel_spec_json(image: str, env_name: str, **config: Any) -> dict[str, Any]:
-    """A kernel.json as the server extension writes it (empty argv), test-labelled."""
+def jde_kernel_spec_json(image: str, env_name: str, /, **config: Any) -> dict[str, Any]:
+    """A kernel.json as the server extension writes it (empty argv), test-labelled; ``config``
+    adds to (or replaces) its provisioner config."""
     return {
         "argv": [],
         "display_name": f"{env_name} (test env)",

@@ -140,12 +140,15 @@ def jde_kernels(
     yield start
 
     async def shutdown() -> None:
+        # every back end a kernel used (a spec may set its own connect_mode) and the default
+        backends = {id(b): b for b in [DockerEnvProvisioner(instance_id=INSTANCE).containers]}
         for km in managers:
+            backends[id(provisioner(km).containers)] = provisioner(km).containers
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)
-        pools = DockerEnvProvisioner(instance_id=INSTANCE).containers
-        assert isinstance(pools, WarmPools)
-        await pools.close_pools(INSTANCE)
+        for backend in backends.values():
+            assert isinstance(backend, WarmPools)
+            await backend.close_pools(INSTANCE)
 
     jp_asyncio_loop.run_until_complete(shutdown())
 

@@ -339,11 +339,14 @@ class PooledLocalBackend(LocalBackend):
                 pool.starting -= 1
             if warm is None:  # closed meanwhile: already removed
                 return
-            pool.failures, pool.error = 0, None
-            pool.ready.append(warm)
-            if not pool.idle_memory:
+            if not pool.idle_memory:  # once per pool: what a waiting kernel of it holds
                 measured = await self.engine.run(self.engine.container_memory, warm.container_id)
                 pool.idle_memory = measured or 0
+            if pool.closed:  # emptied while it was measured
+                await self.remove(warm.container_id)
+                return
+            pool.failures, pool.error = 0, None
+            pool.ready.append(warm)
 
     def _over_budget(self, pool: _Pool) -> str | None:
         instance = self._instances.get(pool.template.instance_id)

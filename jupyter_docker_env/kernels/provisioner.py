@@ -119,15 +119,16 @@ def _process_instance_id() -> str:
 _PROCESS_INSTANCE_ID = _process_instance_id()
 
 
-_backends: dict[tuple[str, str | None, str], ContainerBackend] = {}
+_backends: dict[tuple[str, str | None, str, Path], ContainerBackend] = {}
 
 
 def backend_for(name: str, engine: Engine, connect_mode: str = "auto") -> ContainerBackend:
-    """One back end per kind, engine and connect mode for the whole process (it holds state
-    that kernels share, such as network sandboxes and their ports)."""
-    key = (name, engine.host, connect_mode)
+    """One back end per kind, engine, connect mode and runtime dir for the whole process (it
+    holds state that kernels share, such as network sandboxes, their ports and warm pools; the
+    files it keeps for containers live in the runtime dir, where a later sweep looks)."""
+    files = Path(jupyter_runtime_dir()) / "docker-env-files"
+    key = (name, engine.host, connect_mode, files)
     if key not in _backends:
-        files = Path(jupyter_runtime_dir()) / "docker-env-files"
         _backends[key] = backend_class(name)(engine, files, connect_mode)
     return _backends[key]
 
