@@ -157,9 +157,12 @@ class LocalBackend:
         """The running network sandbox of the request's instance and network (started if none)."""
         sandbox = self._sandboxes.setdefault((request.instance_id, request.network), _Sandbox())
         async with sandbox.lock:
-            sandbox.container_id, sandbox.ip = await self.engine.run(
-                self._find_or_start_sandbox, request, sandbox.container_id
-            )
+            try:
+                sandbox.container_id, sandbox.ip = await self.engine.run(
+                    self._find_or_start_sandbox, request, sandbox.container_id
+                )
+            except APIError as exc:  # the sandbox runs the kernel's image: it may be gone
+                raise _explain(exc) from exc
         return sandbox
 
     def _place_files(self, request: ContainerRequest, create: dict[str, Any]) -> bytes | None:

@@ -10,6 +10,7 @@ removes them all when the server stops.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class WarmKernels(LoggingConfigurable):
         backend = self.settings.containers
         self.pools = backend if isinstance(backend, WarmPools) else None
         self._refused: set[str] = set()  # environments whose pool cannot form (logged once)
+        self._refreshing: set[asyncio.Task[None]] = set()
 
     def _provisioner(self, **config: Any) -> DockerEnvProvisioner:
         """A provisioner as a kernel of this server gets it (c.DockerEnvProvisioner.* and the
@@ -68,10 +70,22 @@ class WarmKernels(LoggingConfigurable):
         )
 
     async def specs_changed(self) -> None:
-        """After builds, pulls and deletes: drop stale pools, start those that are asked for."""
-        if (pools := self.pools) is not None:
-            await pools.refresh_pools(self.instance_id)
+        """After builds, pulls and deletes: drop stale pools, start those that are asked for.
+
+        In the background: the operation that changed the specs reads as ended meanwhile."""
+        if self.pools is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self) -> None:
+        assert self.pools is not None
+        try:
+            await self.pools.refresh_pools(self.instance_id)
             await self.prewarm()
+        except Exception as exc:  # the engine went away meanwhile: the next sync tries again
+            self.log.warning("jupyter-docker-env: warm pools not refreshed: %s", exc)
 
     async def prewarm(self) -> None:
         """Start the pools of the environments that ask for one in their docker-env.toml."""
@@ -103,4 +117,7 @@ class WarmKernels(LoggingConfigurable):
 
     async def stop(self) -> None:
         if (pools := self.pools) is not None:
+            for task in list(self._refreshing):
+                task.cancel()
+            await asyncio.gather(*self._refreshing, return_exceptions=True)
             await pools.close_pools(self.instance_id)
