@@ -179,7 +179,9 @@ class PooledLocalBackend(LocalBackend):
         for key, pool in list(instance.pools.items()):
             if pool.filler is not None and not pool.filler.done():
                 with contextlib.suppress(Exception):
-                    await pool.filler  # what it is starting may be of the previous image
+                    # what it is starting may be of the previous image (shielded: a filler
+                    # cancelled mid-start would leave its container behind)
+                    await asyncio.shield(pool.filler)
             current = await self._image_id(pool.template.image)
             stale = {w.image_id for w in pool.ready if w.image_id != current}
             if current and not stale:
@@ -438,7 +440,7 @@ class PooledLocalBackend(LocalBackend):
             await self.remove(pool.ready.popleft().container_id)
         if filler is not None and filler is not asyncio.current_task():
             with contextlib.suppress(Exception):
-                await filler  # it removes what it was starting
+                await asyncio.shield(filler)  # it removes what it was starting
         pool.error = None
         log.debug("Warm pool %s of %s emptied: %s", pool.key, pool.template.image, why)
 

@@ -117,7 +117,5 @@ class WarmKernels(LoggingConfigurable):
 
     async def stop(self) -> None:
         if (pools := self.pools) is not None:
-            for task in list(self._refreshing):
-                task.cancel()
             await asyncio.gather(*self._refreshing, return_exceptions=True)
             await pools.close_pools(self.instance_id)
