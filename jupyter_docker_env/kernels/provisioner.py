@@ -270,7 +270,8 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         1,
         help="In a Jupyter server: kernels of an environment kept started ahead of time, per "
         "placement (the same image, workspace, user, limits and network), so that opening a "
-        "notebook takes a waiting kernel (~0.1 s) instead of starting one (~0.8 s). A pool forms "
+        "notebook takes a waiting kernel (about a fifth of a local kernel's start, measured by "
+        "benchmarks/kernel_start.py) instead of starting one. A pool forms "
         "on a placement's first start and empties after warm_pool_idle_timeout without a start; "
         "an environment asks for its own size, kept from the server's start, with `warm = N` in "
         "its docker-env.toml. A waiting kernel holds ~36 MiB (ipykernel 7, measured idle; all "
