@@ -15,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from traitlets import TraitError
 
 from jupyter_docker_env.containers import ContainerFile, ContainerRequest, WarmStart
 from jupyter_docker_env.containers.pool import placement_key
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments.spec import SpecError, parse, spec_hash
-from jupyter_docker_env.kernels.provisioner import instance_id_for, sweep_orphans
+from jupyter_docker_env.kernels.provisioner import (
+    DockerEnvProvisioner,
+    instance_id_for,
+    sweep_orphans,
+)
 from jupyter_docker_env.labels import label
 
 from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
@@ -95,6 +100,20 @@ def test_an_environment_asks_for_warm_kernels_without_changing_its_image(tmp_pat
         with pytest.raises(SpecError, match="not a number of warm kernels") as err:
             parse({"warm": bad}, tmp_path, "python:3.12-slim")
         assert err.value.field == "warm"
+
+
+def test_warm_pool_settings_that_cannot_work_are_refused_when_read() -> None:
+    for setting, value, words in (
+        ("warm_pool_size", -1, "0 (no warm kernels) or more"),
+        ("warm_pool_memory", "lots", "is not a size"),
+        ("warm_pool_idle_timeout", 0, "above 0"),
+    ):
+        with pytest.raises(TraitError, match=words):
+            DockerEnvProvisioner(**{setting: value})
+    settings = DockerEnvProvisioner(
+        warm_pool_memory="1g", warm_pool_idle_timeout=60
+    ).pool_settings()
+    assert (settings.memory_budget, settings.idle_timeout, settings.gpus) == (1024**3, 60.0, False)
 
 
 # -- a server's pools, through its API -------------------------------------------------------

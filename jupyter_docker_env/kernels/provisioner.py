@@ -281,7 +281,8 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         [Unicode(), Int()],
         default_value="512m",
         help='Most memory ("512m", "2g") that all warm pools of a server may hold while their '
-        "kernels wait; a pool that would pass it stops growing (the status endpoint says so).",
+        "kernels wait; a pool that would pass it stops growing (the status endpoint says so). "
+        '"0" keeps no kernel waiting.',
     ).tag(config=True)
     warm_pool_idle_timeout = Float(
         1800.0,
@@ -311,6 +312,20 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if proposal["value"] < 0:
             raise TraitError("warm_pool_size must be 0 (no warm kernels) or more")
         return int(proposal["value"])
+
+    @validate("warm_pool_memory")
+    def _valid_pool_memory(self, proposal: Any) -> str | int:
+        try:
+            parse_memory(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"warm_pool_memory: {exc}") from None
+        return proposal["value"]  # type: ignore[no-any-return]
+
+    @validate("warm_pool_idle_timeout")
+    def _valid_idle_timeout(self, proposal: Any) -> float:
+        if proposal["value"] <= 0:
+            raise TraitError("warm_pool_idle_timeout must be a number of seconds above 0")
+        return float(proposal["value"])
 
     container_id: str | None = None
     #: Set once the kernel's container has exited.
