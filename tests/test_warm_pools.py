@@ -104,7 +104,7 @@ def test_an_environment_asks_for_warm_kernels_without_changing_its_image(tmp_pat
 
 def test_warm_pool_settings_that_cannot_work_are_refused_when_read() -> None:
     for setting, value, words in (
-        ("warm_pool_size", -1, "0 (no warm kernels) or more"),
+        ("warm_pool_size", -1, r"0 \(no warm kernels\) or more"),
         ("warm_pool_memory", "lots", "is not a size"),
         ("warm_pool_idle_timeout", 0, "above 0"),
     ):
