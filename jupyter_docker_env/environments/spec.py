@@ -11,7 +11,9 @@ import fnmatch
 import hashlib
 import json
 import re
+import stat
 import tomllib
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
 from ..models import EnvSpec, FieldError
+from . import files
 
 SPEC_FILE = "docker-env.toml"
 # environment.yml dependencies that need no conda: the venv provides them.
@@ -32,44 +35,130 @@ SPEC_KEYS = ("name", "base", "pip", "apt", "conda", "gpu", "env", "requirements"
 RUN_KEYS = ("warm",)
 MAX_WARM = 16  # warm kernels one environment may ask for
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+:~-]+)?$")
-CONDA_RE = re.compile(r"^([A-Za-z0-9_.-]+::)?[A-Za-z0-9_.-]+([=<>!~]=?[A-Za-z0-9_.*+,<>=!-]*)?$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# A Docker image reference: [host[:port]/]path[:tag][@digest], lowercase path components.
-IMAGE_RE = re.compile(
-    r"^(?:(?:[a-zA-Z0-9-]+\.)*[a-zA-Z0-9-]+(?::[0-9]+)?/)?"
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+# Docker's own reference grammar (distribution/reference), ASCII only; names are one path
+# component of it, so PREFIX/NAME is always a valid repository.
+_ALNUM = r"[a-z0-9]+"
+_PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+# A first component is a registry host only with a dot or a port, or as localhost.
+_DOMAIN = (
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})+(?::[0-9]+)?"
+    rf"|{_DOMAIN_COMPONENT}:[0-9]+|localhost)"
 )
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_RE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::[\w][\w.-]{{0,127}})?(?:@{_DIGEST})?",
+    re.ASCII,
+)
+IMAGE_NAME_MAX = 255  # Docker's limit on HOST/PATH
+NAME_RE = re.compile(_PATH_COMPONENT, re.ASCII)
+NAME_MAX = 63
+APT_RE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+:~-]+)?", re.ASCII)
+# A package, optionally from a channel (channel::package), optionally with a version: never an
+# option, so nothing in a spec reaches conda's command line as one.
+CONDA_RE = re.compile(
+    r"(?:[A-Za-z0-9][A-Za-z0-9_.-]*::)?[A-Za-z0-9][A-Za-z0-9_.-]*"
+    r"(?:[=<>!~]=?[A-Za-z0-9_.*+,<>=!-]*)?",
+    re.ASCII,
+)
+ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}", re.ASCII)
+# Files the spec names are copied into the build and named in Dockerfile instructions.
+FILE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}", re.ASCII)
+APT_WHAT = "a Debian package name like git or git=1:2.39.5-0+deb12u1"
+CONDA_WHAT = "a conda package like numpy=1.26 or conda-forge::numpy (no options)"
+MAX_ITEMS = 1000  # entries in one list, or variables in env
+MAX_TEXT = 4096  # characters in one entry
+MAX_ENV_VALUE = 32768
+# Characters no input may hold: controls (a newline would start a Dockerfile instruction),
+# lone surrogates (not encodable) and line or paragraph separators.
+_FORBIDDEN = ("Cc", "Cs", "Zl", "Zp")
 
 
 class SpecError(FieldError):
     """A spec that cannot be built. ``field`` names the spec key at fault."""
 
 
+def shown(value: Any) -> str:
+    """``value`` for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_text(field: str, value: str, limit: int = MAX_TEXT) -> str:
+    """Refuse text that is too long or holds a control character; return it."""
+    if len(value) > limit:
+        raise SpecError(field, f"is longer than {limit} characters")
+    for char in value:
+        if unicodedata.category(char) in _FORBIDDEN:
+            raise SpecError(
+                field,
+                f"{shown(value)} holds the character {char!r}: newlines, tabs and other "
+                "control characters are not allowed",
+            )
+    return value
+
+
+def check_name(name: Any) -> str:
+    """A valid environment name (one component of a Docker repository), or SpecError."""
+    if not isinstance(name, str) or not name:
+        raise SpecError("name", "give the environment a name")
+    if len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
+        raise SpecError(
+            "name",
+            f"{shown(name)} is not a valid environment name: use 1 to {NAME_MAX} lowercase "
+            "letters and digits, separated by single '.', '_' or '-' (or '__'), starting and "
+            "ending with a letter or digit",
+        )
+    return name
+
+
+def image_reference(ref: str) -> bool:
+    """True when Docker takes ``ref`` as an image ([HOST[:PORT]/]PATH[:TAG][@DIGEST])."""
+    match = IMAGE_RE.fullmatch(ref)
+    return match is not None and len(match["name"]) <= IMAGE_NAME_MAX
+
+
+def check_base(base: Any) -> str:
+    if not isinstance(base, str) or not image_reference(base):
+        raise SpecError(
+            "base",
+            f"{shown(base)} is not a Docker image reference like python:3.12-slim or "
+            "registry.example.com/team/image:tag (lowercase, at most 255 characters before "
+            "the tag)",
+        )
+    return base
+
+
 # -- parsing ---------------------------------------------------------------------------------
 def detect_kind(folder: Path) -> str | None:
-    """Which kind of environment a folder is, or None when it is none."""
-    if (folder / SPEC_FILE).is_file():
+    """Which kind of environment a folder is, or None when it is none.
+
+    A link in the place of one of its files counts (reading it is refused later, which shows the
+    environment with that error); nothing is followed here.
+    """
+    if files.present(folder, SPEC_FILE):
         return "spec"
-    dockerfile = folder / "Dockerfile"
-    if dockerfile.is_file() and not _is_generated(dockerfile):
+    if files.present(folder, "Dockerfile") and not is_generated(folder):
         return "dockerfile"
-    if (folder / "requirements.txt").is_file():
+    if files.present(folder, "requirements.txt"):
         return "requirements"
-    if (folder / "environment.yml").is_file() or (folder / "environment.yaml").is_file():
+    if files.present(folder, "environment.yml") or files.present(folder, "environment.yaml"):
         return "environment"
     return None
 
 
-def _is_generated(dockerfile: Path) -> bool:
-    with dockerfile.open(errors="replace") as f:
-        return f.readline().startswith(GENERATED_MARK)
+def is_generated(folder: Path) -> bool:
+    """Whether the folder's Dockerfile is one this extension wrote (False if not a file)."""
+    try:
+        return files.read_bytes(folder, "Dockerfile").startswith(GENERATED_MARK.encode())
+    except files.FileRefused:
+        return False
 
 
 def load(folder: Path, default_base: str) -> EnvSpec:
-    """Read and validate the environment in ``folder``; raise SpecError naming the field."""
+    """Read and validate the environment in ``folder``; raise SpecError (or, for a file it will
+    not read, files.FileRefused) naming the field."""
     kind = detect_kind(folder)
     if kind is None:
         raise SpecError(
@@ -78,8 +167,8 @@ def load(folder: Path, default_base: str) -> EnvSpec:
         )
     if kind == "spec":
         try:
-            raw = tomllib.loads((folder / SPEC_FILE).read_text())
-        except tomllib.TOMLDecodeError as exc:
+            raw = tomllib.loads(files.read_text(folder, SPEC_FILE))
+        except (tomllib.TOMLDecodeError, RecursionError) as exc:
             raise SpecError(SPEC_FILE, f"is not valid TOML: {exc}") from exc
         return parse(raw, folder, default_base)
     name = folder.name.lower()
@@ -89,7 +178,7 @@ def load(folder: Path, default_base: str) -> EnvSpec:
         return parse(
             {"requirements": "requirements.txt"}, folder, default_base, kind="requirements"
         )
-    env_file = "environment.yml" if (folder / "environment.yml").is_file() else "environment.yaml"
+    env_file = "environment.yml" if files.present(folder, "environment.yml") else "environment.yaml"
     return parse({"environment": env_file}, folder, default_base, kind="environment")
 
 
@@ -100,20 +189,12 @@ def parse(raw: dict[str, Any], folder: Path, default_base: str, kind: str = "spe
     for key in raw:
         if key not in SPEC_KEYS + RUN_KEYS:
             known = ", ".join(SPEC_KEYS + RUN_KEYS)
-            raise SpecError(key, f"unknown key {key!r}; known keys: {known}")
-    name = raw.get("name", folder.name.lower())
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise SpecError(
-            "name",
-            f"{name!r} is not a valid environment name: use lowercase letters, digits, '.', "
-            "'_' and '-', starting with a letter or digit (at most 63 characters)",
-        )
-    base = raw.get("base", default_base)
-    if not isinstance(base, str) or not IMAGE_RE.match(base):
-        raise SpecError("base", f"{base!r} is not a Docker image reference like python:3.12-slim")
-    pip = tuple(_pip_requirement(i, r) for i, r in enumerate(_str_list(raw, "pip")))
-    apt = tuple(sorted(set(_checked(raw, "apt", APT_RE, "a Debian package name like git"))))
-    conda = tuple(_checked(raw, "conda", CONDA_RE, "a conda package like numpy=1.26"))
+            raise SpecError(str(key)[:80], f"unknown key {shown(key)}; known keys: {known}")
+    name = check_name(raw.get("name", folder.name.lower()))
+    base = check_base(raw.get("base", default_base))
+    pip = tuple(_pip_requirement(f, r) for f, r in _entries(raw, "pip"))
+    apt = tuple(sorted({_matching(f, a, APT_RE, APT_WHAT) for f, a in _entries(raw, "apt")}))
+    conda = tuple(_matching(f, c, CONDA_RE, CONDA_WHAT) for f, c in _entries(raw, "conda"))
     gpu = raw.get("gpu", False)
     if not isinstance(gpu, bool):
         raise SpecError("gpu", "must be true or false")
@@ -121,7 +202,7 @@ def parse(raw: dict[str, Any], folder: Path, default_base: str, kind: str = "spe
     requirements = _folder_file(raw, "requirements", folder)
     environment = _folder_file(raw, "environment", folder)
     if environment:
-        _check_environment_yml(folder / environment)
+        _check_environment_yml(folder, environment)
     return EnvSpec(
         name=name,
         kind=kind,
@@ -149,45 +230,59 @@ def _warm(value: Any) -> int | None:
     return value
 
 
-def _str_list(raw: dict[str, Any], key: str) -> list[str]:
+def _entries(raw: dict[str, Any], key: str) -> list[tuple[str, str]]:
+    """The non-blank entries of a list of strings, each with its field (``key[index]``)."""
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise SpecError(key, "must be a list of strings")
-    return [v.strip() for v in value if v.strip()]
+    if len(value) > MAX_ITEMS:
+        raise SpecError(key, f"has more than {MAX_ITEMS} entries")
+    return [
+        (f"{key}[{i}]", check_text(f"{key}[{i}]", v.strip()))
+        for i, v in enumerate(value)
+        if v.strip()
+    ]
 
 
-def _checked(raw: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> list[str]:
-    items = _str_list(raw, key)
-    for i, item in enumerate(items):
-        if not pattern.match(item):
-            raise SpecError(f"{key}[{i}]", f"{item!r} is not {what}")
-    return items
+def _matching(field: str, item: str, pattern: re.Pattern[str], what: str) -> str:
+    if not pattern.fullmatch(item):
+        raise SpecError(field, f"{shown(item)} is not {what}")
+    return item
 
 
-def _pip_requirement(index: int, text: str) -> str:
+def _pip_requirement(field: str, text: str) -> str:
+    check_text(field, text)
     if text.startswith("-"):
         raise SpecError(
-            f"pip[{index}]",
-            f"{text!r}: pip options are not allowed here; set the package index with "
+            field,
+            f"{shown(text)}: pip options are not allowed here; set the package index with "
             "c.DockerEnvApp.pip_index_url",
         )
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
-        raise SpecError(f"pip[{index}]", f"{text!r} is not a valid requirement: {exc}") from exc
-    return str(req)
+        raise SpecError(field, f"{shown(text)} is not a valid requirement: {exc}") from exc
+    return check_text(field, str(req))
 
 
 def _env(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise SpecError("env", "must be a table of NAME = value")
+    if len(value) > MAX_ITEMS:
+        raise SpecError("env", f"has more than {MAX_ITEMS} variables")
     env: dict[str, str] = {}
-    for key, val in sorted(value.items()):
-        if not ENV_KEY_RE.match(key):
-            raise SpecError(f"env.{key}", "is not a valid environment variable name")
+    for key, val in sorted(value.items(), key=lambda kv: str(kv[0])):
+        field = f"env.{str(key)[:80]}"
+        if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key):
+            raise SpecError(
+                field,
+                f"{shown(key)} is not a valid environment variable name: letters, digits and "
+                "'_', not starting with a digit",
+            )
         if not isinstance(val, str | int | float | bool):
-            raise SpecError(f"env.{key}", "must be a string or a number")
-        env[key] = str(val).lower() if isinstance(val, bool) else str(val)
+            raise SpecError(field, "must be a string or a number")
+        text = str(val).lower() if isinstance(val, bool) else str(val)
+        env[key] = check_text(field, text, MAX_ENV_VALUE)
     return env
 
 
@@ -195,20 +290,44 @@ def _folder_file(raw: dict[str, Any], key: str, folder: Path) -> str | None:
     value = raw.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or "/" in value or value.startswith("."):
-        raise SpecError(key, "must name a file directly inside the environment folder")
-    if not (folder / value).is_file():
+    if not isinstance(value, str) or not FILE_RE.fullmatch(value):
+        raise SpecError(
+            key,
+            f"{shown(value)} must name a file directly inside the environment folder (letters, "
+            "digits, '_', '.', '+' and '-', not starting with '.')",
+        )
+    st = files.entry(folder, value)
+    if st is None:
         raise SpecError(key, f"{value} does not exist in {folder}")
+    if not stat.S_ISREG(st.st_mode):
+        raise SpecError(key, f"{value} is a symbolic link or not a file: {files.NO_LINKS}")
     return value
 
 
-def _check_environment_yml(path: Path) -> None:
+def _environment_yml(folder: Path, name: str) -> Any:
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpecError("environment", f"{path.name} is not valid YAML: {exc}") from exc
+        return yaml.safe_load(files.read_text(folder, name))
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise SpecError("environment", f"{name} is not valid YAML: {exc}") from exc
+
+
+def _check_environment_yml(folder: Path, name: str) -> None:
+    data = _environment_yml(folder, name)
     if not isinstance(data, dict) or not isinstance(data.get("dependencies", []), list):
-        raise SpecError("environment", f"{path.name} needs a 'dependencies' list")
+        raise SpecError("environment", f"{name} needs a 'dependencies' list")
+    if environment_conda_deps(folder, name):
+        return  # conda reads the file itself
+    # Without conda, its pip: entries become a `pip install` line of the Dockerfile.
+    for dep in data.get("dependencies") or []:
+        if isinstance(dep, dict) and "pip" in dep:
+            pip = dep["pip"]
+            if not isinstance(pip, list) or not all(isinstance(p, str) for p in pip):
+                raise SpecError("environment", f"{name}: pip: must be a list of strings")
+            for i, req in enumerate(r.strip() for r in pip if r.strip()):
+                try:
+                    _pip_requirement(f"pip[{i}]", req)
+                except SpecError as exc:
+                    raise SpecError("environment", f"{name}: {exc}") from exc
 
 
 def conda_needed(spec: EnvSpec, folder: Path) -> bool:
@@ -218,23 +337,27 @@ def conda_needed(spec: EnvSpec, folder: Path) -> bool:
         return True
     if not spec.environment:
         return False
-    return bool(environment_conda_deps(folder / spec.environment))
+    return bool(environment_conda_deps(folder, spec.environment))
 
 
-def environment_conda_deps(path: Path) -> list[str]:
-    data = yaml.safe_load(path.read_text()) or {}
+def _dependencies(folder: Path, name: str) -> list[Any]:
+    data = _environment_yml(folder, name)
+    deps = data.get("dependencies") if isinstance(data, dict) else None
+    return deps if isinstance(deps, list) else []
+
+
+def environment_conda_deps(folder: Path, name: str) -> list[str]:
     return [
         dep
-        for dep in data.get("dependencies", [])
+        for dep in _dependencies(folder, name)
         if isinstance(dep, str) and re.split(r"[=<>! ]", dep, maxsplit=1)[0] not in PIP_ONLY
     ]
 
 
-def environment_pip_deps(path: Path) -> list[str]:
-    data = yaml.safe_load(path.read_text()) or {}
-    for dep in data.get("dependencies", []):
-        if isinstance(dep, dict) and "pip" in dep:
-            return [str(p) for p in dep["pip"]]
+def environment_pip_deps(folder: Path, name: str) -> list[str]:
+    for dep in _dependencies(folder, name):
+        if isinstance(dep, dict) and isinstance(dep.get("pip"), list):
+            return [str(p).strip() for p in dep["pip"] if str(p).strip()]
     return []
 
 
