@@ -47,17 +47,16 @@ from jupyter_docker_env.kernels.provisioner import (
 from jupyter_docker_env.models import BuildOptions
 
 from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, REPO, jde_build_image
-from .test_provisioner import (  # the same kernels, on another back end
+from .test_provisioner import (  # the same kernel specs and workspace, on another back end
     KernelSpecFactory,
     exit_code,
-    jde_kernel,
     jde_kernel_spec,
     jde_workspace,
     provisioner,
     run_code,
 )
 
-__all__ = ["jde_kernel", "jde_kernel_spec", "jde_workspace"]  # fixtures used by name
+__all__ = ["jde_kernel_spec", "jde_workspace"]  # fixtures used by name
 
 INSTANCE = f"test-swarm-{uuid.uuid4().hex[:8]}"
 SCRIPT = REPO / "scripts" / "swarm-cluster.sh"
@@ -185,6 +184,33 @@ def jde_backend(
     assert isinstance(backend, SwarmBackend)
     monkeypatch.setattr(backend, "workspace_mount", "shared-path")
     return backend
+
+
+@pytest.fixture
+def jde_kernel(
+    jde_kernel_spec: KernelSpecFactory,
+    jde_workspace: Path,
+    jp_asyncio_loop: asyncio.AbstractEventLoop,
+) -> Iterator[Callable[..., Any]]:
+    """Start Swarm kernels (``env``, config overrides as keyword args) in the workspace's
+    notebook folder; all are shut down afterwards. (Swarm kernels always start cold.)"""
+    managers: list[AsyncKernelManager] = []
+
+    async def start(env: dict[str, str] | None = None, **config: Any) -> AsyncKernelManager:
+        ksm, name = jde_kernel_spec(**{"backend": "swarm", **config})
+        km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=ksm)
+        managers.append(km)
+        await km.start_kernel(cwd=str(jde_workspace / "analysis"), env=env)
+        return km
+
+    yield start
+
+    async def shutdown() -> None:
+        for km in managers:
+            if km.has_kernel:
+                await km.shutdown_kernel(now=True)
+
+    jp_asyncio_loop.run_until_complete(shutdown())
 
 
 def task_of(engine: Engine, km: AsyncKernelManager) -> dict[str, Any]:
@@ -382,7 +408,7 @@ async def test_a_kernel_on_the_worker_runs_there_and_behaves_as_a_local_kernel(
     jde_workspace: Path,
 ) -> None:
     # Given a kernel constrained to the worker node
-    km = await jde_kernel(backend="swarm", placement=jde_swarm.on_worker)
+    km = await jde_kernel(placement=jde_swarm.on_worker)
     prov = provisioner(km)
     first = prov.container_id
     # Then its task runs on the worker
@@ -432,7 +458,7 @@ async def test_a_kernel_on_the_worker_runs_there_and_behaves_as_a_local_kernel(
 async def test_the_key_reaches_the_kernel_only_as_its_users_secret_file(
     jde_swarm: Swarm, jde_backend: SwarmBackend, jde_kernel: Callable[..., Any], jde_engine: Engine
 ) -> None:
-    km = await jde_kernel(backend="swarm", placement=jde_swarm.on_worker)
+    km = await jde_kernel(placement=jde_swarm.on_worker)
     key = km.session.key.decode()
     # The service, its task and the secret's metadata do not hold the key
     service = jde_engine.inspect_service(str(provisioner(km).container_id))
@@ -459,8 +485,8 @@ async def test_a_forced_kill_and_a_kernel_that_dies_leave_no_service(
     jde_swarm: Swarm, jde_backend: SwarmBackend, jde_kernel: Callable[..., Any], jde_engine: Engine
 ) -> None:
     killed, dying = (
-        await jde_kernel(backend="swarm", placement=jde_swarm.on_worker),
-        await jde_kernel(backend="swarm", placement=jde_swarm.on_worker),
+        await jde_kernel(placement=jde_swarm.on_worker),
+        await jde_kernel(placement=jde_swarm.on_worker),
     )
     # When one is killed by its manager, its service goes
     await killed.shutdown_kernel(now=True)
@@ -484,7 +510,6 @@ async def test_a_kernel_past_its_memory_limit_on_the_worker_is_reported_as_oom_k
 ) -> None:
     km = await jde_kernel(
         env={"KERNEL_MEMORY": "192m"},
-        backend="swarm",
         placement=jde_swarm.on_worker,
     )
     kc = km.client()
@@ -505,14 +530,14 @@ async def test_a_gpu_kernel_is_placed_on_the_gpu_node(
     # Given a Swarm whose worker alone carries gpu=true
     # When a kernel asks for a GPU, it lands there, and the NVIDIA runtime is told to give it
     # the node's GPUs (this machine has neither: the variable is all there is to see)
-    km = await jde_kernel(env={"KERNEL_GPUS": "1"}, backend="swarm")
+    km = await jde_kernel(env={"KERNEL_GPUS": "1"})
     assert task_of(jde_engine, km)["NodeID"] == jde_swarm.worker
     _, out = await run_code(km, "import os; print(os.environ['NVIDIA_VISIBLE_DEVICES'])")
     assert out == "all\n"
     # When a kernel asks for a pool no node is in, the start fails at once, saying so
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="no node of the Swarm fits its placement"):
-        await jde_kernel(backend="swarm", placement=["node.labels.pool==nowhere"])
+        await jde_kernel(placement=["node.labels.pool==nowhere"])
     assert time.monotonic() - started < 15
 
 
@@ -527,15 +552,15 @@ async def test_reserved_gpus_work_until_swarm_updates_the_node(
     # Given GPUs as generic resources, the worker advertising one, and the instance's overlay
     # already on the worker (its first task there updates the node, see below)
     monkeypatch.setattr(jde_backend, "gpu_scheduling", "generic-resource")
-    plain = await jde_kernel(backend="swarm", placement=jde_swarm.on_worker)
+    plain = await jde_kernel(placement=jde_swarm.on_worker)
     # When a kernel asks for one GPU, it lands there and is told which GPU it holds
-    km = await jde_kernel(env={"KERNEL_GPUS": "1"}, backend="swarm")
+    km = await jde_kernel(env={"KERNEL_GPUS": "1"})
     assert task_of(jde_engine, km)["NodeID"] == jde_swarm.worker
     _, out = await run_code(km, "import os; print(os.environ['DOCKER_RESOURCE_NVIDIA-GPU'])")
     assert out == f"{FAKE_GPU}\n"
     # When a kernel asks for more GPUs than any node has, its start fails now, saying so
     with pytest.raises(RuntimeError, match=r"2 GPU\(s\) requested, but no node of the Swarm"):
-        await jde_kernel(env={"KERNEL_GPUS": "2"}, backend="swarm")
+        await jde_kernel(env={"KERNEL_GPUS": "2"})
     # When the node is updated (here a label; also a restart, or another user's overlay
     # reaching it), Swarm's constraint enforcer stops the GPU kernel: the documented caveat
     node = jde_engine.client.api.inspect_node(jde_swarm.worker)
@@ -566,7 +591,7 @@ async def test_the_workspace_as_a_volume_is_mounted_by_the_worker(
         {"type": "none", "o": "bind", "device": "{workspace}"},
     )
     # When a kernel runs on the worker
-    km = await jde_kernel(backend="swarm", placement=jde_swarm.on_worker)
+    km = await jde_kernel(placement=jde_swarm.on_worker)
     # Then the worker mounted it and the kernel works in it
     _, out = await run_code(km, "print(open('data.txt').read().strip())")
     assert out == "hello from the workspace\n"
@@ -586,7 +611,7 @@ async def test_by_default_kernels_stay_on_the_servers_node(
     monkeypatch.setattr(jde_backend, "workspace_mount", "server-node")
     # When two kernels start, both run on the manager, where the server and its files are
     for _ in range(2):
-        km = await jde_kernel(backend="swarm")
+        km = await jde_kernel()
         assert task_of(jde_engine, km)["NodeID"] == jde_swarm.manager
         assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
 
@@ -609,7 +634,7 @@ async def test_an_image_no_registry_has_fails_the_start_saying_what_to_do(
     try:
         # When a kernel of it starts on Swarm, the start fails and says what to do
         with pytest.raises(RuntimeError, match="never pushed to a registry") as err:
-            await jde_kernel(backend="swarm", image=local_only)
+            await jde_kernel(image=local_only)
         assert "set c.DockerEnvApp.registry" in str(err.value)
     finally:
         jde_engine.remove_image(local_only)
@@ -653,7 +678,7 @@ async def test_a_build_for_swarm_is_pushed_and_pulled_on_every_node_before_any_k
     assert jde_swarm.worker_engine.inspect_image(f"{remote}@{digest}") is not None
     assert f"Pulled on {jde_swarm.worker_hostname}" in op.log
     # And a kernel of it on the worker runs that image, named by its digest
-    km = await jde_kernel(backend="swarm", image=op.result.image, placement=jde_swarm.on_worker)
+    km = await jde_kernel(image=op.result.image, placement=jde_swarm.on_worker)
     spec = task_of(jde_engine, km)["Spec"]["ContainerSpec"]
     assert spec["Image"] == f"{remote}@{digest}"
     assert (await run_code(km, "print(open('/built').read().strip())"))[1] == f"{name}\n"
@@ -718,6 +743,7 @@ def jp_server_config(jde_base_image: str) -> dict[str, Any]:
         "ServerApp": {"jpserver_extensions": {"jupyter_docker_env": True}},
         "DockerEnvApp": {"default_base": jde_base_image, "image_prefix": JDE_PREFIX},
         "DockerEnvProvisioner": {"backend": "swarm"},
+        "SwarmBackend": {"workspace_mount": "shared-path"},
     }
 
 
@@ -788,7 +814,7 @@ async def test_a_kernel_whose_node_dies_is_reported_dead_naming_the_node(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a kernel running on the worker
-    km = await jde_kernel(backend="swarm", placement=jde_swarm.on_worker)
+    km = await jde_kernel(placement=jde_swarm.on_worker)
     assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
 
     # When the worker's dockerd is killed
