@@ -7,8 +7,8 @@ worker dockerd in a network namespace) and takes it down afterwards. IMAGE has i
 PATH; it is pushed to the loopback registry (``--registry``) and pre-pulled on both nodes with
 the back end's global job, timed, so no start below waits for a pull.
 
-One start = AsyncKernelManager.start_kernel -> client ready -> first ``execute_reply`` of ``1+1``
-(benchmarks/kernel_start.py's measure). Three kinds alternate, their order rotating every round:
+One start = AsyncKernelManager.start_kernel -> client ready -> first ``execute_reply`` of
+``1+1``. Three kinds alternate, their order rotating every round:
 
 - local: the local back end (a container on this engine, in the instance's network sandbox);
 - swarm/manager: a service placed on the manager node (same machine as the server: the cost of
@@ -29,20 +29,17 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_docker_env.containers.swarm import SwarmBackend
 from jupyter_docker_env.engine import shared_engine
 from jupyter_docker_env.kernels.provisioner import backend_for, sweep_orphans
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernel_start import start_to_reply
 
 CLUSTER = Path(__file__).resolve().parent.parent / "scripts" / "swarm-cluster.sh"
 INSTANCE = f"bench-swarm-{os.getpid()}"
@@ -72,6 +69,23 @@ def write_specs(root: Path, image: str, manager: str, worker: str) -> None:
         (folder / "kernel.json").write_text(json.dumps(spec))
 
 
+async def start_to_reply(
+    ksm: KernelSpecManager, name: str, cwd: str
+) -> tuple[float, AsyncKernelManager]:
+    """Start a kernel; the seconds until its first ``execute_reply`` of ``1+1``, and the kernel."""
+    started = time.perf_counter()
+    km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    await km.start_kernel(cwd=cwd)
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    reply = await kc.execute_interactive("1+1", timeout=30, output_hook=len)
+    elapsed = time.perf_counter() - started
+    kc.stop_channels()
+    assert reply["content"]["status"] == "ok", reply
+    return elapsed, km
+
+
 def share(image: str, remote: str, backend: SwarmBackend) -> float:
     """Push ``image`` as ``remote`` and pull it on every node; return the pre-pull's seconds."""
     engine = backend.engine
@@ -92,7 +106,7 @@ async def round_trips(
     """Seconds each kind's kernel takes for ``executes`` executes; the kinds take turns, 50
     executes at a time, so that all see the same machine."""
     kernels = {kind: (await start_to_reply(ksm, names[kind], cwd))[1] for kind in KINDS}
-    clients = {kind: km.client() for kind, km in kernels.items()}  # type: ignore[attr-defined]
+    clients = {kind: km.client() for kind, km in kernels.items()}
     for kc in clients.values():
         kc.start_channels()
         await kc.wait_for_ready(timeout=60)
@@ -108,7 +122,7 @@ async def round_trips(
             totals[kind] += time.perf_counter() - started
     for kind, kc in clients.items():
         kc.stop_channels()
-        await kernels[kind].shutdown_kernel(now=True)  # type: ignore[attr-defined]
+        await kernels[kind].shutdown_kernel(now=True)
     return totals
 
 
@@ -117,13 +131,13 @@ async def measure(ksm: KernelSpecManager, cwd: str, n: int, executes: int) -> No
     first: dict[str, float] = {}
     for kind in KINDS:  # network sandboxes, the overlay: made once per instance
         first[kind], km = await start_to_reply(ksm, names[kind], cwd)
-        await km.shutdown_kernel(now=True)  # type: ignore[attr-defined]
+        await km.shutdown_kernel(now=True)
     times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     for i in range(n):
         for kind in KINDS[i % 3 :] + KINDS[: i % 3]:
             elapsed, km = await start_to_reply(ksm, names[kind], cwd)
             times[kind].append(elapsed)
-            await km.shutdown_kernel(now=True)  # type: ignore[attr-defined]
+            await km.shutdown_kernel(now=True)
     local = statistics.median(times["local"])
     print(f"start -> first execute_reply of 1+1, medians of {n} (interleaved):")
     for kind in KINDS:

@@ -30,6 +30,7 @@ import sys
 from typing import Any
 
 CONNECT_FOR = 10.0  # seconds a client waits for the kernel to listen
+ATTEMPT = 0.1  # seconds one connection attempt may take (the overlay answers in < 1 ms)
 CHUNK = 1 << 16
 
 
@@ -101,16 +102,17 @@ class Relay:
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_FOR
-        delay = 0.01
         while True:
             try:
-                up_reader, up_writer = await asyncio.open_connection(entry.target, port)
+                # A first SYN to a task whose address the overlay has not learnt yet is lost,
+                # and the kernel would resend it only after a second: try again sooner.
+                connecting = asyncio.open_connection(entry.target, port)
+                up_reader, up_writer = await asyncio.wait_for(connecting, ATTEMPT)
                 break
-            except OSError:
-                if loop.time() > deadline or reader.at_eof():
+            except (OSError, asyncio.TimeoutError):  # noqa: UP041 (Python < 3.11 in images)
+                if loop.time() > deadline:
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
+                await asyncio.sleep(0.01)
         for w in (writer, up_writer):
             sock = w.get_extra_info("socket")
             if sock is not None:  # ZeroMQ disables Nagle on its own sockets: so must the relay
