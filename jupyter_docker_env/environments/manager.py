@@ -168,6 +168,8 @@ class EnvironmentManager(LoggingConfigurable):
         found: dict[str, Location] = {}
         for readonly, dirs in ((True, self.shared_env_dirs), (False, self.env_dirs)):
             for parent in dirs:
+                if os.path.realpath(parent) != str(parent):
+                    continue  # made a link since the start (they were resolved): not followed
                 try:
                     entries = sorted(os.scandir(parent), key=lambda e: e.name)
                 except OSError:
