@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from jupyter_docker_env.labels import SPEC_HASH
 
 from .conftest import JDE_PREFIX, jde_build_image
 from .test_api import API, call, jp_server_config, wait_operation
-from .test_cli import CLI, Cli
+from .test_cli import Cli
 from .test_hardening import KERNEL_UID, as_kernel, as_root, give_to_kernel, jp_root_dir
 from .test_notebooks import RECORD
 
@@ -200,15 +199,8 @@ def test_cli_serving_inputs_never_follow_a_planted_link_or_read_what_the_user_co
     # When root's CLI is asked for a serving image with each, Then it refuses, naming the input
     for change, named, words in REFUSED:
         args = {"model": "model.json", "handler": "serve.py:predict"} | change
-        proc = subprocess.run(
-            [CLI, "serve-image", "env", "--model", args["model"], "--handler", args["handler"]],
-            cwd=work,
-            env=cli.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        serve_image = ["serve-image", "env", "--model", args["model"], "--handler", args["handler"]]
+        proc = cli(*serve_image, ok=False, cwd=work)
         assert proc.returncode != 0
         assert f"error: {named}: " in proc.stderr, (change, proc.stderr)
         assert words in proc.stderr, (change, proc.stderr)
