@@ -28,7 +28,7 @@ from jupyter_docker_env.labels import SPEC_HASH
 from .conftest import JDE_PREFIX, jde_build_image
 from .test_api import API, call, jp_server_config, wait_operation
 from .test_cli import Cli
-from .test_hardening import KERNEL_UID, as_kernel, as_root, give_to_kernel, jp_root_dir
+from .test_hardening import KERNEL_UID, NO_ENGINE, as_kernel, as_root, give_to_kernel, jp_root_dir
 from .test_notebooks import RECORD
 
 __all__ = ["jp_root_dir", "jp_server_config"]  # the test server's workspace and configuration
@@ -250,3 +250,28 @@ async def test_a_restore_writes_nothing_through_a_planted_link_and_leaves_the_us
         assert (path.lstat().st_uid, path.lstat().st_gid) == (KERNEL_UID, KERNEL_UID), path
     assert [p.name for p in (jp_root_dir / "environments").iterdir() if p.name[0] == "."] == []
     outside.assert_untouched()
+
+
+# -- environments made from a workspace file ----------------------------------------------------
+@as_root
+@NO_ENGINE
+async def test_a_root_only_file_in_a_root_owned_folder_of_the_workspace_is_not_read_for_its_user(
+    jp_fetch: Any, jp_root_dir: Path
+) -> None:
+    # Given a workspace of the kernel's uid holding a folder made by root (as Docker makes a
+    # missing bind-mount source) with a root-only file in it, and a folder its owner may not enter
+    give_to_kernel(jp_root_dir)
+    for name, mode in (("data", 0o755), ("private", 0o700)):
+        (jp_root_dir / name).mkdir(mode=mode)
+        (jp_root_dir / name / "requirements.txt").write_text("root only\n")
+    (jp_root_dir / "data" / "requirements.txt").chmod(0o600)
+    # When environments are created from them, Then both are refused, naming from_path
+    for source, words in (
+        ("data/requirements.txt", "owner may not read it"),
+        ("private/requirements.txt", "owner may not enter private"),
+    ):
+        body = {"name": "stolen", "from_path": source}
+        err = await call(jp_fetch, "envs", "POST", body, expect=400)
+        assert err["field"] == "from_path"
+        assert words in err["message"], err
+    assert not (jp_root_dir / "environments").exists()

@@ -426,8 +426,8 @@ class EnvironmentManager(LoggingConfigurable):
             raise SpecError(
                 "from_path", f"{shown(path)} must be one of: {', '.join(sorted(CREATE_FROM))}"
             )
-        try:
-            return source, files.read_bytes(source.parent, source.name)
+        try:  # from the workspace: its owner, not the file's folder's, stands for the user
+            return source, files.read_bytes(self.root_dir, str(source.relative_to(self.root_dir)))
         except files.FileRefused as exc:
             raise SpecError("from_path", f"{shown(path)} {exc.message}") from exc
 
