@@ -75,8 +75,10 @@ class EngineInfo:
 class BuildEvent:
     """One thing a build reported, the same for both builders.
 
-    ``kind`` is "step" (``step``/``total``/``text`` is the instruction), "line" (output),
-    "error" (``text`` is the engine's reason) or "image" (``text`` is the built image's id).
+    ``kind`` is "step" (``step``/``total``/``text`` is the instruction), "line" (output of
+    ``step``; 0: of no step), "error" (``text`` is the engine's reason, ``step`` the failing one,
+    0 when it failed outside a step; every line of that step came before) or "image" (``text``
+    is the built image's id).
     """
 
     kind: Literal["step", "line", "error", "image"]
@@ -348,23 +350,38 @@ class Engine:
             decode=True,
             buildargs=buildargs or None,
         )
+        step, total = 0, 0
+        partial = ""  # the engine sends output in chunks that may end inside a line
+
+        def lines(text: str) -> Iterator[BuildEvent]:
+            nonlocal step, total
+            # The legacy builder colours what a step writes to stderr, write by write.
+            for line in _ANSI.sub("", text).splitlines():
+                if m := _LEGACY_STEP.match(line):
+                    step, total = int(m[1]), int(m[2])
+                    yield BuildEvent("step", m[3], step, total)
+                elif line.strip():
+                    yield BuildEvent("line", line.strip(), step, total)
+
         try:
             for msg in stream:
                 if "stream" in msg:
-                    for line in msg["stream"].splitlines():
-                        if m := _LEGACY_STEP.match(line):
-                            yield BuildEvent("step", m[3], int(m[1]), int(m[2]))
-                        elif line.strip():
-                            yield BuildEvent("line", line.strip())
-                elif "error" in msg:
-                    yield BuildEvent("error", str(msg["error"]).strip())
+                    complete, _, partial = (partial + str(msg["stream"])).rpartition("\n")
+                    yield from lines(complete)
+                    continue
+                yield from lines(partial)
+                partial = ""
+                if "error" in msg:
+                    yield BuildEvent("error", str(msg["error"]).strip(), step, total)
                     return
-                elif "aux" in msg and "ID" in msg["aux"]:
+                if "aux" in msg and "ID" in msg["aux"]:
                     yield BuildEvent("image", str(msg["aux"]["ID"]))
                 elif "status" in msg and not msg.get("progressDetail"):
                     # pulling the base image: one line per layer state, not per chunk
                     status = str(msg["status"])
-                    yield BuildEvent("line", f"{msg['id']}: {status}" if msg.get("id") else status)
+                    line = f"{msg['id']}: {status}" if msg.get("id") else status
+                    yield BuildEvent("line", line, step, total)
+            yield from lines(partial)
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
         finally:
@@ -404,19 +421,19 @@ class Engine:
             assert proc.stdout is not None
             parser = _BuildKitProgress()
             try:
+                # Read to the end even after a step failed: its last lines may come later.
                 for raw in proc.stdout:
-                    for event in parser.feed(raw.rstrip("\n")):
-                        yield event
-                        if event.kind == "error":
-                            return
+                    yield from parser.feed(raw.rstrip("\n"))
                 code = proc.wait()
-                if code != 0 or not iidfile.is_file():
+                if parser.error is not None:
+                    yield parser.error
+                elif code != 0 or not iidfile.is_file():
                     reason = parser.summary or f"docker build exited with code {code}"
                     if "Cannot connect to the Docker daemon" in reason:
                         raise EngineUnavailable(_unavailable_reason(self.host, Exception(reason)))
                     yield BuildEvent("error", reason)
-                    return
-                yield BuildEvent("image", iidfile.read_text().strip())
+                else:
+                    yield BuildEvent("image", iidfile.read_text().strip())
             finally:
                 if proc.poll() is None:
                     proc.kill()  # the consumer stopped listening: cancelled
@@ -536,13 +553,16 @@ class Engine:
 
 
 _LEGACY_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class _BuildKitProgress:
     """Turns ``docker build --progress=plain`` output into :class:`BuildEvent`s.
 
-    Its lines are ``#N [k/T] INSTRUCTION`` when vertex N starts step k of T, ``#N 1.23 text`` for
-    output, ``#N CACHED``, ``#N DONE 0.4s`` and ``#N ERROR: reason``; a summary follows an error.
+    Its lines are ``#N [k/T] INSTRUCTION`` when vertex N starts step k of T (``#N [internal]
+    …`` for the builder's own work), ``#N 1.23 text`` for output, ``#N CACHED``, ``#N DONE 0.4s``
+    and ``#N ERROR: reason``; a summary follows an error. The first failure is kept in ``error``
+    for the end of the build, so that every line of the failing step comes before it.
     """
 
     _VERTEX = re.compile(r"^#(\d+) (.*)$")
@@ -551,27 +571,37 @@ class _BuildKitProgress:
 
     def __init__(self) -> None:
         self.summary = ""
-        self._steps: dict[str, tuple[int, int, str]] = {}
+        self.error: BuildEvent | None = None
+        self._names: dict[str, str] = {}  # vertex → its first line (what it does)
+        self._steps: dict[str, tuple[int, int]] = {}  # vertex → (step, total)
 
     def feed(self, line: str) -> Iterator[BuildEvent]:
         m = self._VERTEX.match(line)
         if not m:
-            if line.startswith(("error:", "ERROR:", "failed to solve")):
-                self.summary = line.split(":", 1)[1].strip() if ":" in line else line
+            if line.startswith(("error:", "ERROR:")):
+                self.summary = line.split(":", 1)[1].strip()
+            elif line.startswith(("failed to solve", "executor failed")):
+                self.summary = line
             return
         vertex, rest = m[1], m[2]
-        if step := self._STEP.match(rest):
-            if vertex not in self._steps:
-                self._steps[vertex] = (int(step[1]), int(step[2]), step[3])
-                yield BuildEvent("step", step[3], int(step[1]), int(step[2]))
+        step, total = self._steps.get(vertex, (0, 0))
+        if vertex not in self._names:
+            self._names[vertex] = rest
+            if found := self._STEP.match(rest):
+                step, total = int(found[1]), int(found[2])
+                self._steps[vertex] = (step, total)
+                yield BuildEvent("step", found[3], step, total)
         elif out := self._OUTPUT.match(rest):
             if out[1].strip():
-                yield BuildEvent("line", out[1].rstrip())
+                yield BuildEvent("line", out[1].strip(), step, total)
         elif rest == "CACHED":
-            if vertex in self._steps:
-                yield BuildEvent("line", "---> Using cache")
-        elif rest.startswith("ERROR:") and vertex in self._steps:
-            yield BuildEvent("error", rest[len("ERROR:") :].strip())
+            if step:
+                yield BuildEvent("line", "---> Using cache", step, total)
+        elif rest.startswith("ERROR:") and self.error is None:
+            reason = rest[len("ERROR:") :].strip()
+            if not step:  # the builder's own work failed, e.g. finding the base image
+                reason = f"{self._names[vertex]}: {reason}"
+            self.error = BuildEvent("error", reason, step, total)
 
 
 def context_names(folder: str, patterns: list[str]) -> set[str]:
