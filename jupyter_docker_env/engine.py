@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import docker
 import docker.errors
@@ -340,10 +340,12 @@ class Engine:
     def _build_legacy(
         self, context: str, dockerfile: str, nocache: bool, buildargs: dict[str, str] | None
     ) -> Iterator[BuildEvent]:
+        archive = _context_archive(context, dockerfile)
         stream = self._call(
             self.client.api.build,
-            path=context,
-            dockerfile=dockerfile,
+            fileobj=archive,
+            custom_context=True,
+            dockerfile="Dockerfile",
             nocache=nocache,
             rm=True,
             forcerm=True,
@@ -387,6 +389,7 @@ class Engine:
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
+            archive.close()
 
     def _build_buildkit(
         self,
@@ -604,11 +607,30 @@ class _BuildKitProgress:
             self.error = BuildEvent("error", reason, step, total)
 
 
-def context_names(folder: str, patterns: list[str]) -> set[str]:
-    """The files a `docker build` of ``folder`` sends, given its .dockerignore patterns."""
+def context_names(folder: str, patterns: list[str] | None = None) -> set[str]:
+    """The files a `docker build` of ``folder`` sends, given its .dockerignore patterns (read
+    from the folder when not given)."""
     from docker.utils.build import exclude_paths
 
+    if patterns is None:
+        ignore = Path(folder, ".dockerignore")
+        lines = ignore.read_text().splitlines() if ignore.is_file() else []
+        patterns = [p.strip() for p in lines if p.strip() and not p.strip().startswith("#")]
     return set(exclude_paths(folder, patterns, dockerfile="Dockerfile"))
+
+
+def _context_archive(context: str, dockerfile: str) -> IO[bytes]:
+    """The build context as a tar with ``dockerfile`` in it as its Dockerfile.
+
+    docker-py would add a Dockerfile from outside the context under a random name and rewrite
+    .dockerignore to exclude it: a new .dockerignore in every build, so a COPY of it (or of the
+    whole folder) never came from the layer cache.
+    """
+    from docker.utils.build import create_archive
+
+    files = sorted(context_names(context) - {"Dockerfile"})
+    extra = [("Dockerfile", Path(dockerfile).read_text())]
+    return create_archive(root=context, files=files, extra_files=extra)  # type: ignore[no-any-return]
 
 
 def _split_tag(ref: str) -> tuple[str, str, str]:

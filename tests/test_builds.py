@@ -307,6 +307,12 @@ def test_both_builders_show_progress_and_output_and_make_a_working_kernel_image(
     # and its kernel starts and answers
     answer = builder_kind.engine.run_output(result.image, ["python", "-c", KERNEL_ANSWERS])
     assert answer.strip() == "42"
+    # When one package is added, Then its step runs again and the steps before come from cache
+    (folder / "requirements.txt").write_text(f"tabulate==0.9.0\nidna==3.7\n# run {RUN} {kind}\n")
+    _, op = build(builder_kind, folder)
+    assert step_lines(op, " ipykernel")[0] == "---> Using cache"
+    pip = step_lines(op, "-r /opt/docker-env/requirements.txt")
+    assert [line for line in pip if line.startswith("Successfully installed idna-3.7")]
 
 
 @pytest.mark.parametrize(
