@@ -12,13 +12,15 @@ one pinned pip package, on the base image. Every case is repeated -n times and i
   cache mounts), so it downloads everything, as on a fresh engine;
 - unchanged: the same folder built again (nothing to do but hash and find the image);
 - add one package: one more line in requirements.txt (a new comment each time, so the pip step
-  runs every time; the system and ipykernel layers come from the layer cache);
+  runs every time; the system and ipykernel layers come from the layer cache, filled by one
+  unmeasured build of the environment with the package first);
 - no-cache rebuild: ``no_cache`` again, after the builds above: every RUN step runs; BuildKit
   finds the downloads in its cache mounts, the legacy builder downloads them again;
 - pull instead of build: the environment's last image is pushed to a registry on loopback
   (Debian's docker-registry, its own storage in a temp dir), every local image of it is removed
   and the folder is built again. The run checks that only the base image's layers were there
-  already, as on a colleague's engine that has the base image and nothing else.
+  already (and, with BuildKit, two tiny layers that every environment on the base shares), as
+  on a colleague's engine that has the base image and nothing else.
 
 It cleans up after itself: its images (prefix ``jde-bench-RUN``), its registry, and the BuildKit
 build cache records of its own builds only, found by its cache namespaces (``/var/cache/
@@ -123,21 +125,31 @@ class BuildCache:
         return list(self.engine.client.api.df().get("BuildCache") or [])
 
     def prune(self) -> int:
-        """Remove the records of our builds: those that name our cache namespaces, and the
-        records they stand on that this run created. Returns the bytes freed."""
+        """Remove the records of our builds: those that name our cache namespaces, what stands
+        on them, and what they stand on that this run created. Returns the bytes freed."""
         records = {r["ID"]: r for r in self.records()}
+        parents = {
+            i: set(r.get("Parents") or [r.get("Parent")]) & set(records) for i, r in records.items()
+        }
         ours = {i for i, r in records.items() if self.marker in (r.get("Description") or "")}
-        todo = list(ours)
-        while todo:
-            record = records[todo.pop()]
-            for parent in record.get("Parents") or [record.get("Parent")]:
-                if parent in records and parent not in self.before and parent not in ours:
-                    ours.add(parent)
-                    todo.append(parent)
+        grown = True
+        while grown:
+            above = {i for i, p in parents.items() if p & ours}
+            below = {p for i in ours for p in parents[i] if p not in self.before}
+            grown = not (above | below) <= ours
+            ours |= above | below
+        # The engine takes one id per filter and keeps a record while another stands on it:
+        # prune again while that frees records (an ancestor that others' builds now stand on
+        # stays).
         freed = 0
-        for record_id in ours:  # the engine takes one id per filter
-            answer = self.engine.client.api.prune_builds(filters={"id": [record_id]}, all=True)
-            freed += int(answer.get("SpaceReclaimed") or 0)
+        while ours:
+            for record_id in ours:
+                answer = self.engine.client.api.prune_builds(filters={"id": [record_id]}, all=True)
+                freed += int(answer.get("SpaceReclaimed") or 0)
+            left = ours & {r["ID"] for r in self.records()}
+            if left == ours:
+                break
+            ours = left
         return freed
 
 
@@ -194,7 +206,12 @@ class Bench:
         for _ in range(n):
             result = self.measure("unchanged", self.build)
             assert (result.built, result.pulled) == (False, False), result
+        # A cold build runs every step anew (BuildKit: with a build argument in their cache
+        # keys), so first a build that leaves the layers a normal build looks for: unmeasured.
         salt = f"{self.run}-{self.kind}-{n - 1}"
+        self.write(salt, added=True)
+        say(f"  {self.kind}: (a first build with the package, to fill the layer cache)")
+        self.build()
         for _ in range(n):
             self.write(salt, added=True)
             result = self.measure("add one package", self.build)
@@ -213,8 +230,12 @@ class Bench:
             cache.prune()  # BuildKit's records hold layers a colleague's engine would not have
             result = self.measure("pull instead of build", self.build)
             assert (result.built, result.pulled) == (False, True), result
+            # As on a colleague's engine, only the base image's layers were there already; with
+            # BuildKit, the COPY of the CA bundle and the step that points pip at it may also
+            # be: they are the same bytes in every environment on this base.
             reused = sum(line.endswith(": Already exists") for line in self.logs[-1])
-            assert reused == self.base_layers, "\n".join(self.logs[-1])
+            shared = 2 if self.kind == "buildkit" else 0
+            assert self.base_layers <= reused <= self.base_layers + shared, "\n".join(self.logs[-1])
 
     def forget(self) -> None:
         """Every local image of this benchmark (registry tags included)."""
