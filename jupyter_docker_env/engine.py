@@ -33,7 +33,8 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
-from .labels import MANAGED, label_instruction
+from .labels import MANAGED, ROLE, label_instruction
+from .models import EngineStatus
 
 T = TypeVar("T")
 Builder = Literal["buildkit", "legacy"]
@@ -57,21 +58,6 @@ class RegistryError(EngineError):
 
 
 @dataclass(frozen=True)
-class EngineInfo:
-    available: bool
-    host: str | None
-    version: str | None = None
-    api_version: str | None = None
-    reason: str | None = None
-    runtimes: tuple[str, ...] = ()
-    builder: Builder | None = None
-
-    @property
-    def gpu_runtime(self) -> bool:
-        return "nvidia" in self.runtimes
-
-
-@dataclass(frozen=True)
 class BuildEvent:
     """One thing a build reported, the same for both builders.
 
@@ -88,7 +74,12 @@ class BuildEvent:
 
 
 def _unavailable_reason(host: str | None, exc: Exception) -> str:
-    where = host or "the default socket (DOCKER_HOST unset)"
+    if host:
+        where = host
+    elif env_host := os.environ.get("DOCKER_HOST"):
+        where = f"{env_host} (DOCKER_HOST)"
+    else:
+        where = "the default socket /var/run/docker.sock (DOCKER_HOST unset)"
     return (
         f"No Docker engine answers at {where}: {exc}. Start Docker (on this project's dev "
         "machines: `make docker`), or point DOCKER_HOST / c.DockerEnvApp.docker_host at a "
@@ -151,17 +142,17 @@ class Engine:
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
 
     # -- engine ----------------------------------------------------------------------------
-    def info(self) -> EngineInfo:
+    def info(self) -> EngineStatus:
         try:
             version = self._call(self.client.version)
             info = self._call(self.client.info)
         except EngineUnavailable as exc:
-            return EngineInfo(available=False, host=self.host, reason=str(exc))
+            return EngineStatus(available=False, host=self.host, reason=str(exc))
         except docker.errors.DockerException as exc:
-            return EngineInfo(
+            return EngineStatus(
                 available=False, host=self.host, reason=_unavailable_reason(self.host, exc)
             )
-        return EngineInfo(
+        return EngineStatus(
             available=True,
             host=self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
             version=version.get("Version"),
@@ -471,25 +462,38 @@ class Engine:
         return str(image_id)
 
     def run_output(self, image: str, command: list[str], timeout: int = 120) -> str:
-        """Run ``command`` in a throwaway container of ``image`` and return its stdout."""
-        container = self._call(
-            self.client.containers.create,
+        """Run ``command`` in a throwaway, confined container of ``image``; return its stdout.
+
+        It runs as nobody, without network, capabilities or a writable root: reading what an
+        image holds (its lock) needs none of them.
+        """
+        attrs = self.create_container(
             image,
-            command,
-            labels={MANAGED: "true"},
-            network_disabled=True,
+            command=command,
             entrypoint=[],
+            labels={MANAGED: "true", ROLE: "inspect"},
+            user="65534:65534",
+            network_disabled=True,
+            read_only=True,
+            tmpfs={"/tmp": "size=64m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            pids_limit=64,
+            mem_limit=512 * 1024**2,
         )
+        container_id = str(attrs["Id"])
         try:
-            container.start()
-            result = container.wait(timeout=timeout)
-            out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            self.start_container(container_id)
+            result = self._call(self.client.api.wait, container_id, timeout=timeout)
+            logs = self.client.api.logs
+            out = self._call(logs, container_id, stdout=True, stderr=False)
             if result.get("StatusCode", 1) != 0:
-                err = container.logs(stdout=False, stderr=True).decode(errors="replace")
-                raise EngineError(f"`{' '.join(command)}` failed in {image}: {err.strip()}")
-            return str(out)
+                err = bytes(self._call(logs, container_id, stdout=False, stderr=True))
+                reason = err.decode(errors="replace").strip()
+                raise EngineError(f"`{' '.join(command)}` failed in {image}: {reason}")
+            return bytes(out).decode(errors="replace")
         finally:
-            container.remove(force=True)
+            self.remove_container(container_id)
 
     # -- containers ------------------------------------------------------------------------
     def create_container(self, image: str, **kwargs: Any) -> dict[str, Any]:

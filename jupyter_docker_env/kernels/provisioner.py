@@ -16,13 +16,8 @@ What a kernel gets:
 - labels naming the kernel, environment, server instance and user, so anything left behind by a
   crash is found and swept (:func:`sweep_orphans`).
 
-How the server reaches the kernel (``connect_mode``). Where the engine's containers are routable
-from this host (a Linux engine on a local socket), kernels join a *network sandbox*: one small
-container per server instance and network, holding a bridge address. Kernel containers share its
-network namespace, so they start without any network set-up (~0.1 s instead of ~0.25 s) and keep
-the same address and ports across restarts, which open notebook connections rely on. Nothing is
-published on a host interface. Elsewhere (Docker Desktop, rootless or remote engines) the kernel's
-ports are published on 127.0.0.1 only.
+Where the container runs is a back end's business (``backend``; :mod:`..containers`): the local
+engine by default, which also decides how the server reaches the kernel's ports.
 
 Server instances. Every container carries the id of the server instance that started it:
 :func:`instance_id_for` derives it from the host, OS user, root dir and port, so a server that
@@ -33,38 +28,36 @@ crashed and restarts with the same settings finds what it left behind and remove
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import fnmatch
-import getpass
 import hashlib
-import io
 import json
 import os
-import random
 import signal
 import socket
-import sys
-import tarfile
 import time
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
 
 from .. import labels as L
-from ..engine import APIError, Engine, NotFound, shared_engine
+from ..containers import (
+    ContainerBackend,
+    ContainerError,
+    ContainerFile,
+    ContainerRequest,
+    backend_class,
+)
+from ..engine import Engine, shared_engine
 from .resources import human_size, parse_cpus, parse_gpus, parse_memory
 
 #: Where the connection file lives inside the kernel's container (0700 dir, 0400 file).
 CONTAINER_RUNTIME_DIR = "/run/jupyter-docker-env"
 CONNECTION_FILE = f"{CONTAINER_RUNTIME_DIR}/kernel.json"
-
-# Kernel ports inside a shared network sandbox: below Linux's ephemeral range (32768+), so they
-# never collide with the outgoing connections of other kernels in the same sandbox.
-_SANDBOX_PORTS = range(20000, 32000)
+_CHANNELS = ("shell", "iopub", "stdin", "hb", "control")
 
 
 # -- server instances and orphans ------------------------------------------------------------
@@ -86,143 +79,30 @@ def _process_instance_id() -> str:
 _PROCESS_INSTANCE_ID = _process_instance_id()
 
 
-async def sweep_orphans(engine: Engine, instance_id: str) -> list[str]:
-    """Remove every container labelled with ``instance_id``; return their ids.
+_backends: dict[tuple[str, str | None, str], ContainerBackend] = {}
+
+
+def backend_for(name: str, engine: Engine, connect_mode: str = "auto") -> ContainerBackend:
+    """One back end per kind, engine and connect mode for the whole process (it holds state
+    that kernels share, such as network sandboxes and their ports)."""
+    key = (name, engine.host, connect_mode)
+    if key not in _backends:
+        files = Path(jupyter_runtime_dir()) / "docker-env-files"
+        _backends[key] = backend_class(name)(engine, files, connect_mode)
+    return _backends[key]
+
+
+async def sweep_orphans(engine: Engine, instance_id: str, backend: str = "local") -> list[str]:
+    """Remove every container labelled with ``instance_id`` (and the files kept for them).
 
     Call it when a server starts (before any kernel of it runs): it removes the kernels and the
     network sandbox that a crashed predecessor with the same id left behind.
     """
-    found = await engine.run(engine.containers, {L.MANAGED: "true", L.INSTANCE: instance_id})
-    removed = []
-    for container in found:
-        await engine.run(engine.remove_container, container["Id"])
-        removed.append(str(container["Id"]))
-    for key in [k for k in _sandboxes if k[1] == instance_id]:
-        _sandboxes.pop(key, None)
-    return removed
-
-
-# -- network sandboxes -----------------------------------------------------------------------
-@dataclass
-class _Sandbox:
-    """The network namespace that a server instance's kernels share on one network."""
-
-    container_id: str = ""
-    ip: str = ""
-    ports: set[int] = field(default_factory=set)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-_sandboxes: dict[tuple[str | None, str, str], _Sandbox] = {}
-# Containers this process started and has not removed yet: removed at interpreter exit.
-_live: dict[str, Engine] = {}
-
-
-@atexit.register
-def _remove_leftovers() -> None:
-    # Best effort: what fails here is swept when the server starts again.
-    with contextlib.suppress(Exception):
-        for container_id, engine in list(_live.items()):
-            engine.remove_container(container_id)
-
-
-def _sandbox_ip(attrs: dict[str, Any], network: str) -> str:
-    networks = attrs["NetworkSettings"]["Networks"] or {}
-    settings: dict[str, Any] = networks.get(network) or next(iter(networks.values()), {})
-    return str(settings.get("IPAddress") or "")
-
-
-def _find_or_start_sandbox(
-    engine: Engine,
-    image: str,
-    instance_id: str,
-    network: str,
-    known: str,
-    extra_labels: dict[str, str],
-) -> tuple[str, str]:
-    """The (id, ip) of a running sandbox for this instance and network; start one if none.
-
-    Blocking: run it through ``engine.run``.
-    """
-    if known and (attrs := engine.inspect_container(known)) and attrs["State"]["Running"]:
-        return known, _sandbox_ip(attrs, network)
-    labels = {L.MANAGED: "true", L.INSTANCE: instance_id, L.ROLE: "sandbox"}
-    for summary in engine.containers({**labels, L.NETWORK: network}):
-        attrs = engine.inspect_container(summary["Id"])
-        if attrs and attrs["State"]["Running"] and (ip := _sandbox_ip(attrs, network)):
-            return str(attrs["Id"]), ip
-        engine.remove_container(summary["Id"])
-    attrs = engine.create_container(
-        image,
-        command=["sleep", "infinity"],
-        entrypoint=[],
-        name=f"jupyter-docker-env-net-{instance_id[-8:]}-{os.urandom(3).hex()}",
-        labels={**extra_labels, **labels, L.NETWORK: network, L.USER: _os_user()},
-        network=network,
-        init=True,
-        user="65534:65534",
-        read_only=True,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
-        mem_limit=32 * 1024**2,
-        pids_limit=8,
-    )
-    _live[attrs["Id"]] = engine
-    try:
-        engine.start_container(attrs["Id"])
-        running = engine.inspect_container(attrs["Id"]) or {}
-    except Exception:
-        engine.remove_container(attrs["Id"])
-        _live.pop(attrs["Id"], None)
-        raise
-    return str(attrs["Id"]), _sandbox_ip(running, network)
-
-
-# -- helpers ---------------------------------------------------------------------------------
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
-
-
-def _tar(entries: list[tuple[str, bytes | None, int, int, int]]) -> bytes:
-    """A tar of (path, data or None for a directory, mode, uid, gid) entries."""
-    buf = io.BytesIO()
-    now = time.time()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, data, mode, uid, gid in entries:
-            info = tarfile.TarInfo(path.lstrip("/"))
-            info.mode, info.uid, info.gid, info.mtime = mode, uid, gid, now
-            if data is None:
-                info.type = tarfile.DIRTYPE
-                tar.addfile(info)
-            else:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return await backend_for(backend, engine).sweep(instance_id)
 
 
 def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-_routable_cache: dict[str | None, bool] = {}
-
-
-def _containers_routable(engine: Engine, host: str | None) -> bool:
-    """Can this host reach containers' own addresses? (Blocking; cached per engine.)"""
-    if host not in _routable_cache:
-        routable = sys.platform.startswith("linux") and (
-            not host or (host.startswith("unix://") and "desktop" not in host)
-        )
-        if routable:
-            info = engine.system_info()
-            routable = "Docker Desktop" not in str(info.get("OperatingSystem", "")) and not any(
-                "rootless" in str(opt) for opt in info.get("SecurityOptions") or []
-            )
-        _routable_cache[host] = routable
-    return _routable_cache[host]
 
 
 class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -311,6 +191,11 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         "",
         help="The Docker engine's address; default: DOCKER_HOST or the local socket.",
     ).tag(config=True)
+    backend = Unicode(
+        "local",
+        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), or the "
+        "dotted path of a ContainerBackend class.",
+    ).tag(config=True)
     kernel_cmd = List(
         Unicode(),
         default_value=["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -333,16 +218,18 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     _stopping = False
     _uid_gid: tuple[int, int] = (0, 0)
     _working_dir = ""
-    _host_connection_file = ""
     _workspace = ""
     _resources: dict[str, Any] = {}  # replaced, never mutated
-    _mode = ""
-    _sandbox_key: tuple[str | None, str, str] | None = None
+    _ports: list[int] = []  # replaced, never mutated
 
     # -- engine and identity ---------------------------------------------------------------
     @property
     def engine(self) -> Engine:
         return shared_engine(self.docker_host or None)
+
+    @property
+    def containers(self) -> ContainerBackend:
+        return backend_for(self.backend, self.engine, str(self.connect_mode))
 
     @property
     def _server(self) -> tuple[Any, Any]:
@@ -385,9 +272,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             raise ValueError("Kernels in containers need the tcp transport.")
         self._resources = self._resources_for(kwargs.get("env") or {})
         self._place(kwargs.get("cwd"))
-        self._mode = await self._resolve_mode()
-        if self._mode == "container-ip":
-            self._allocate_sandbox_ports(km)
+        await self._choose_ports(km)
         km.write_connection_file(
             jupyter_session=(kwargs.get("env") or {}).get("JPY_SESSION_NAME", "")
         )
@@ -396,6 +281,21 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         cmd += kwargs.pop("extra_arguments", [])
         self.exit_code, self.oom_killed, self.exit_reason, self._stopping = None, False, None, False
         return await super().pre_launch(cmd=cmd, **kwargs)
+
+    async def _choose_ports(self, km: Any) -> None:
+        """Ports the back end can reach, kept across restarts where it can."""
+        names = [f"{c}_port" for c in _CHANNELS]
+        wanted = [int(getattr(km, n) or 0) for n in names]
+        if not all(wanted):
+            km.cleanup_connection_file()
+            km.write_connection_file()  # jupyter_client picks free ports
+            wanted = [int(getattr(km, n)) for n in names]
+        ports = await self.containers.reachable_ports(self.network, self._instance_id(), wanted)
+        if ports != wanted:
+            for name, port in zip(names, ports, strict=True):
+                setattr(km, name, port)
+            km.cleanup_connection_file()  # ports changed: the file must be written anew
+        self._ports = ports
 
     def _place(self, cwd: str | None) -> None:
         """Decide the workspace, the working directory and the user (uid, gid)."""
@@ -448,34 +348,13 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             out["nano_cpus"] = int(parse_cpus(cpus) * 1e9)
         memory = env.get("KERNEL_MEMORY") or self.mem_limit
         if memory and (limit := parse_memory(memory)):  # "0": no limit
-            out["mem_limit"] = out["memswap_limit"] = limit
+            out["mem_limit"] = limit
         if self.pids_limit > 0:
             out["pids_limit"] = self.pids_limit
         gpus = env.get("KERNEL_GPUS", self.gpus)
         if request := parse_gpus(gpus):
-            out["device_requests"] = [request]
+            out["device_requests"] = (request,)
         return out
-
-    async def _resolve_mode(self) -> str:
-        if self.connect_mode != "auto":
-            return str(self.connect_mode)
-        host = self.docker_host or os.environ.get("DOCKER_HOST") or None
-        routable = await self.engine.run(_containers_routable, self.engine, host)
-        return "container-ip" if routable else "published"
-
-    def _allocate_sandbox_ports(self, km: Any) -> None:
-        """Ports unique among the kernels sharing the sandbox (kept across restarts)."""
-        key = (self.docker_host or None, self._instance_id(), self.network)
-        sandbox = _sandboxes.setdefault(key, _Sandbox())
-        self._sandbox_key = key
-        names = ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port")
-        if all(getattr(km, n) in sandbox.ports for n in names):
-            return  # a restart: same ports, same address
-        free = [p for p in _SANDBOX_PORTS if p not in sandbox.ports]
-        for name, port in zip(names, random.sample(free, len(names)), strict=True):
-            setattr(km, name, port)
-            sandbox.ports.add(port)
-        km.cleanup_connection_file()  # ports changed: the file must be written anew
 
     def _container_env(self, env: dict[str, str]) -> dict[str, str]:
         out = {
@@ -492,23 +371,6 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         out["TINI_KILL_PROCESS_GROUP"] = "1"
         return out
 
-    def _write_container_connection_file(self, uid: int, gid: int) -> str | None:
-        """The kernel's own connection file on the host: it binds all the container's
-        interfaces, and only the kernel's user may read it (0400). None when this process
-        cannot give a file to that user."""
-        if os.geteuid() not in (0, uid):
-            return None
-        path = str(os.path.splitext(self._km.connection_file)[0]) + "-container.json"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
-        with os.fdopen(fd, "wb") as f:
-            f.write(self._connection_file("0.0.0.0"))
-        if os.geteuid() == 0:
-            os.chown(path, uid, gid)
-        self._host_connection_file = path
-        return path
-
     def _connection_file(self, ip: str) -> bytes:
         info = {
             k: v.decode() if isinstance(v, bytes) else v for k, v in self.connection_info.items()
@@ -518,107 +380,69 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         uid, gid = self._uid_gid
-        labels = {
-            **self.extra_labels,
-            L.MANAGED: "true",
-            L.KERNEL_ID: str(self.kernel_id),
-            L.ENV: self.env_name,
-            L.INSTANCE: self._instance_id(),
-            L.USER: _os_user(),
-        }
-        create: dict[str, Any] = {
-            "command": cmd,
-            "name": f"jupyter-kernel-{str(self.kernel_id)[:8]}-{os.urandom(3).hex()}",
-            "user": f"{uid}:{gid}",
-            "working_dir": self._working_dir,
-            "environment": self._container_env(kwargs.get("env") or {}),
-            "labels": labels,
-            "volumes": {self._workspace: {"bind": self._workspace, "mode": "rw"}},
-            "init": True,
-            "security_opt": ["no-new-privileges:true"],
-            **({"cap_drop": ["ALL"]} if uid != 0 else {}),
+        request = ContainerRequest(
+            role="kernel",
+            name=f"jupyter-kernel-{str(self.kernel_id)[:8]}-{os.urandom(3).hex()}",
+            image=self.image,
+            command=tuple(cmd),
+            workspace=self._workspace,
+            working_dir=self._working_dir,
+            uid=uid,
+            gid=gid,
+            instance_id=self._instance_id(),
+            environment=self._container_env(kwargs.get("env") or {}),
+            labels={**self.extra_labels, L.KERNEL_ID: str(self.kernel_id), L.ENV: self.env_name},
+            home=self.home,
+            network=self.network,
+            ports=tuple(self._ports),
+            # The kernel binds every interface of its container; only its user may read it.
+            files=(ContainerFile(CONNECTION_FILE, self._connection_file("0.0.0.0"), 0o400),),
             **self._resources,
-        }
-        ports = [int(getattr(self._km, f"{name}_port")) for name in _CHANNELS]
-        # HOME: empty, the kernel user's, in memory (counted in the kernel's memory limit).
-        create["tmpfs"] = {self.home: f"exec,uid={uid},gid={gid},mode=0700"}
-        archive = None
-        if host_file := self._write_container_connection_file(uid, gid):
-            create["volumes"][host_file] = {"bind": CONNECTION_FILE, "mode": "ro"}
-        else:  # slower (the engine unpacks into the container) but needs no chown here
-            archive = _tar(
-                [
-                    (CONTAINER_RUNTIME_DIR, None, 0o700, uid, gid),
-                    (CONNECTION_FILE, self._connection_file("0.0.0.0"), 0o400, uid, gid),
-                ]
-            )
-        engine = self.engine
-        if self._mode == "container-ip":
-            assert self._sandbox_key is not None
-            sandbox = _sandboxes[self._sandbox_key]
-            async with sandbox.lock:
-                sandbox.container_id, sandbox.ip = await engine.run(
-                    _find_or_start_sandbox,
-                    engine,
-                    self.image,
-                    self._instance_id(),
-                    self.network,
-                    sandbox.container_id,
-                    dict(self.extra_labels),
-                )
-            create["network_mode"] = f"container:{sandbox.container_id}"
-            ip = sandbox.ip
-        else:
-            create["network"] = self.network
-            create["ports"] = {f"{p}/tcp": ("127.0.0.1", p) for p in ports}
-            ip = "127.0.0.1"
+        )
         try:
-            self.container_id = await engine.run(
-                _create_and_start, engine, self.image, create, archive
-            )
-        except APIError as exc:
+            launched = await self.containers.launch(request)
+        except ContainerError as exc:
             raise self._explain(exc) from exc
-        self.connection_info = {**self.connection_info, "ip": ip}
+        self.container_id = launched.container_id
+        self.connection_info = {**self.connection_info, "ip": launched.ip}
         self.log.debug("Kernel %s runs in container %s", self.kernel_id, self.container_id)
         return self.connection_info
 
-    def _explain(self, exc: APIError) -> Exception:
+    def _explain(self, exc: ContainerError) -> Exception:
         """The engine's refusal in the user's terms."""
-        text = str(getattr(exc, "explanation", None) or exc)
         where = (
             self.engine.host
             or self.docker_host
             or os.environ.get("DOCKER_HOST")
             or ("the local socket")
         )
-        if "could not select device driver" in text:
+        if exc.kind == "no-gpu-runtime":
             return RuntimeError(
                 f"GPU requested (gpus={self._resources['device_requests']}) but the Docker engine "
-                f"at {where} has no NVIDIA runtime ({text}): install the NVIDIA Container Toolkit "
+                f"at {where} has no NVIDIA runtime ({exc}): install the NVIDIA Container Toolkit "
                 "on the Docker host, or turn gpu off for this environment."
             )
-        if isinstance(exc, NotFound) and "image" in text.lower():
+        if exc.kind == "no-image":
             return RuntimeError(
                 f"The image {self.image} of environment {self.env_name or '?'} is not on the "
-                f"Docker engine at {where}: build the environment again. ({text})"
+                f"Docker engine at {where}: build the environment again. ({exc})"
             )
-        return RuntimeError(f"The Docker engine at {where} could not start the kernel: {text}")
+        return RuntimeError(f"The Docker engine at {where} could not start the kernel: {exc}")
 
     # -- lifecycle -------------------------------------------------------------------------
     async def poll(self) -> int | None:
         if self.container_id is None:
             return self.exit_code if self.exit_code is not None else 0
-        attrs = await self.engine.run(self.engine.inspect_container, self.container_id)
-        if attrs is None:
+        state = await self.containers.state(self.container_id)
+        if state is None:
             self._record_exit(-1, False, "its container was removed from outside Jupyter")
             return self.exit_code
-        state = attrs["State"]
-        if state["Running"] or state["Status"] in ("created", "restarting"):
+        if state.running:
             return None
         if self.exit_code is None:
-            self._record_exit(int(state["ExitCode"]), bool(state.get("OOMKilled")), "")
+            self._record_exit(state.exit_code or 0, state.oom_killed, "")
             if self.exit_reason and not self.oom_killed:
-                logs = await self.engine.run(self.engine.container_logs, self.container_id)
+                logs = await self.containers.logs(self.container_id)
                 self.log.error("Kernel %s output before it stopped:\n%s", self.kernel_id, logs)
         return self.exit_code
 
@@ -649,7 +473,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def send_signal(self, signum: int) -> None:
         if self.container_id is None or signum == 0:
             return
-        await self.engine.run(self.engine.kill_container, self.container_id, signal=int(signum))
+        await self.containers.signal(self.container_id, int(signum))
 
     async def kill(self, restart: bool = False) -> None:
         self._stopping = True
@@ -664,19 +488,13 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     async def cleanup(self, restart: bool = False) -> None:
         await self._remove_container()
-        if not restart and self._sandbox_key and (sandbox := _sandboxes.get(self._sandbox_key)):
-            km = self._km
-            for name in _CHANNELS:
-                sandbox.ports.discard(getattr(km, f"{name}_port", 0))
+        if not restart and self._ports:
+            self.containers.release_ports(self.network, self._instance_id(), self._ports)
+            self._ports = []
 
     async def _remove_container(self) -> None:
-        if self._host_connection_file:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._host_connection_file)
-            self._host_connection_file = ""
         if self.container_id is not None:
-            await self.engine.run(self.engine.remove_container, self.container_id)
-            _live.pop(self.container_id, None)
+            await self.containers.remove(self.container_id)
             self.container_id = None
 
     def resolve_path(self, path: str) -> str | None:
@@ -694,24 +512,3 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         await super().load_provisioner_info(provisioner_info)
         self.container_id = provisioner_info.get("container_id")
         self.docker_host = provisioner_info.get("docker_host") or ""
-
-
-_CHANNELS = ("shell", "iopub", "stdin", "hb", "control")
-
-
-def _create_and_start(
-    engine: Engine, image: str, create: dict[str, Any], archive: bytes | None
-) -> str:
-    """Create the kernel's container, give it its files, start it. Blocking: use engine.run."""
-    attrs = engine.create_container(image, **create)
-    container_id = str(attrs["Id"])
-    _live[container_id] = engine
-    try:
-        if archive:
-            engine.put_archive(container_id, "/", archive)
-        engine.start_container(container_id)
-    except BaseException:
-        engine.remove_container(container_id)
-        _live.pop(container_id, None)
-        raise
-    return container_id

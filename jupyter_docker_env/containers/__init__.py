@@ -1,0 +1,152 @@
+"""Where kernels' and runs' containers run: one request record, interchangeable back ends.
+
+A kernel provisioner (or the runs service) decides *what* runs — image, command, user, the
+workspace, the environment, limits, the files the container needs — and describes it as a
+:class:`ContainerRequest`. A :class:`ContainerBackend` decides *how*: the local Docker engine
+(:mod:`.local`), and later a Swarm cluster or a broker that holds the Docker socket for many
+users. Every back end applies the same hardening (:func:`hardening`), so a new kind of
+container cannot skip it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Role = Literal["kernel", "run", "sandbox", "pool", "serving"]
+
+
+@dataclass(frozen=True)
+class ContainerFile:
+    """A file placed into the container before it starts, owned by the container's user."""
+
+    path: str
+    data: bytes
+    mode: int = 0o400
+
+
+@dataclass(frozen=True)
+class ContainerRequest:
+    """A kernel's or a run's container, as intent."""
+
+    role: Role
+    name: str
+    image: str
+    command: tuple[str, ...]
+    workspace: str  # host folder, mounted read-write at the same path
+    working_dir: str
+    uid: int
+    gid: int
+    instance_id: str  # the server instance (or process) that owns it: orphans are swept by it
+    environment: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    home: str = "/home/jupyter"
+    nano_cpus: int | None = None
+    mem_limit: int | None = None
+    pids_limit: int | None = None
+    device_requests: tuple[Mapping[str, Any], ...] = ()
+    network: str = "bridge"
+    #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
+    ports: tuple[int, ...] = ()
+    files: tuple[ContainerFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class Launched:
+    container_id: str
+    ip: str  # where the server reaches ``ports``
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    running: bool
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""  # the engine's own reason, when it has one
+
+
+class ContainerError(RuntimeError):
+    """The back end could not do what was asked. ``kind`` classifies the engine's reason
+    ("no-gpu-runtime", "no-image", "engine", …) so callers can say it in the user's terms."""
+
+    def __init__(self, message: str, kind: str = "engine") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ContainerBackend(Protocol):
+    """What a provisioner or the runs service needs from wherever containers run."""
+
+    name: str
+
+    async def reachable_ports(self, network: str, instance_id: str, wanted: list[int]) -> list[int]:
+        """Ports for a new kernel's channels, unique where kernels share an address.
+
+        ``wanted`` are the ports the kernel had before (a restart keeps them when it can).
+        """
+        ...
+
+    def release_ports(self, network: str, instance_id: str, ports: list[int]) -> None: ...
+
+    async def launch(self, request: ContainerRequest) -> Launched: ...
+
+    async def state(self, container_id: str) -> ContainerState | None:
+        """None when the container is gone."""
+        ...
+
+    async def signal(self, container_id: str, signum: int) -> None: ...
+
+    async def remove(self, container_id: str) -> None: ...
+
+    async def logs(self, container_id: str, tail: int = 20) -> str: ...
+
+    async def sweep(self, instance_id: str) -> list[str]:
+        """Remove everything an earlier life of this server instance left; return ids."""
+        ...
+
+
+#: Back ends by the name c.DockerEnvProvisioner.backend takes (or a dotted class path).
+BACKENDS = {"local": "jupyter_docker_env.containers.local.LocalBackend"}
+
+
+def backend_class(name: str) -> type[Any]:
+    path = BACKENDS.get(name, name)
+    module, _, cls = path.rpartition(".")
+    if not module:
+        raise ValueError(
+            f"unknown container back end {name!r}: use one of {', '.join(BACKENDS)} or a "
+            "dotted class path"
+        )
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+
+
+def hardening(request: ContainerRequest) -> dict[str, Any]:
+    """The Docker create options that confine every container the extension starts.
+
+    Non-root with every capability dropped (uid 0 keeps Docker's default set: callers refuse it
+    unless an admin allowed root), no privilege gain, an init that reaps and forwards signals, a
+    process limit, only the workspace mounted, and a fresh in-memory HOME owned by the user.
+    """
+    uid, gid = request.uid, request.gid
+    options: dict[str, Any] = {
+        "user": f"{uid}:{gid}",
+        "init": True,
+        "security_opt": ["no-new-privileges:true"],
+        "privileged": False,
+        "volumes": {request.workspace: {"bind": request.workspace, "mode": "rw"}},
+        "tmpfs": {request.home: f"exec,uid={uid},gid={gid},mode=0700"},
+    }
+    if uid != 0:
+        options["cap_drop"] = ["ALL"]
+    if request.pids_limit:
+        options["pids_limit"] = request.pids_limit
+    if request.nano_cpus:
+        options["nano_cpus"] = request.nano_cpus
+    if request.mem_limit:
+        # no swap past the limit: an out-of-memory kernel is killed, not slowed to a crawl
+        options["mem_limit"] = options["memswap_limit"] = request.mem_limit
+    if request.device_requests:
+        options["device_requests"] = [dict(r) for r in request.device_requests]
+    return options
