@@ -32,7 +32,10 @@ pytestmark = pytest.mark.docker
 RUN = uuid.uuid4().hex[:8]
 
 # Inside the image: start its kernel with jupyter_client (an ipykernel dependency) and run code.
+# (run_output runs as nobody on a read-only root: the kernel's files go to /tmp.)
 KERNEL_ANSWERS = """
+import os
+os.environ.update(JUPYTER_RUNTIME_DIR="/tmp/rt", IPYTHONDIR="/tmp/ipython", HOME="/tmp")
 from jupyter_client.manager import start_new_kernel
 km, kc = start_new_kernel(startup_timeout=60)
 try:

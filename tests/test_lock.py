@@ -176,8 +176,7 @@ def test_from_lock_refuses_a_moved_base_it_cannot_find_by_digest(
 
 
 def test_a_lock_pins_pip_apt_and_the_base_of_the_spec() -> None:
-    from jupyter_docker_env.environments.spec import EnvSpec
-    from jupyter_docker_env.models import BaseImage
+    from jupyter_docker_env.models import BaseImage, EnvSpec
 
     spec = EnvSpec(name="x", kind="spec", base="py:3", pip=("six",), apt=("git", "tini:amd64"))
     found = Lock(
