@@ -186,7 +186,7 @@ def test_a_lock_pins_pip_apt_and_the_base_of_the_spec() -> None:
     )
     pinned = lock.pin(spec, found)
     assert pinned.pip == found.pip
-    assert pinned.apt == ("git=1:2.39.5-0+deb12u1", "tini=0.19.0-1")
+    assert pinned.apt == ("git=1:2.39.5-0+deb12u1", "tini:amd64=0.19.0-1")
     assert pinned.base == "py@sha256:2"
     with pytest.raises(SpecError, match="no lock yet"):
         lock.pin(spec, Lock())

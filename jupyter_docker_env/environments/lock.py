@@ -136,9 +136,8 @@ def pin(spec: EnvSpec, lock: Lock) -> EnvSpec:
         raise SpecError(LOCK_FILE, "there is no lock yet: build once without from_lock")
     versions = dict(entry.split("=", 1) for entry in lock.apt if "=" in entry)
     apt = tuple(
-        f"{name}={versions[name]}"
-        if (name := re.split(r"[=:]", a, maxsplit=1)[0]) in versions
-        else a
+        # name[:arch]=version
+        f"{a.split('=', 1)[0]}={versions[name]}" if (name := apt_name(a)) in versions else a
         for a in spec.apt
     )
     base = lock.base.pinned if lock.base and spec.base else spec.base
