@@ -5,7 +5,11 @@ pulled from a registry instead of built, each as a ratio to that builder's cold 
     .venv/bin/python benchmarks/build_cache.py [-n 3] [--builders legacy,buildkit] [--json]
 
 All on the real engine, with a small environment: one apt package and a requirements.txt with
-one pinned pip package, on the base image. Every case is repeated -n times and its median shown:
+one pinned pip package, on the base image. The run goes round by round (each round a new
+environment and one sample of every case, both builders in turn, so that the machine's drifting
+load falls on both alike), then pulls; the table shows medians of -n samples, their ratio to the
+builder's cold build, and what pip and apt fetched (from their own log lines: a measure that
+the machine's load cannot blur):
 
 - cold: nothing of it cached. The legacy builder builds with ``no_cache``. BuildKit builds with
   ``no_cache`` too (every RUN step runs) and with a cache namespace of its own (empty pip and apt
@@ -36,6 +40,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -169,6 +174,7 @@ class Bench:
         self.logs: list[list[str]] = []
         self.base_layers = len(self.engine.inspect_image(base)["RootFS"]["Layers"])  # type: ignore[index]
         self.samples: dict[str, list[float]] = {case: [] for case in CASES}
+        self.fetched: dict[str, list[float]] = {case: [] for case in CASES}
         self.edits = 0
 
     def write(self, salt: str, added: bool = False) -> None:
@@ -188,54 +194,51 @@ class Bench:
     def measure(self, case: str, fn: Callable[[], BuildResult]) -> BuildResult:
         took, result = timed(f"{self.kind}: {case}", fn)
         self.samples[case].append(took)
+        self.fetched[case].append(fetched_mb(self.logs[-1]))
         return result
 
-    def cold(self, n: int) -> None:
-        for i in range(n):
-            self.write(f"{self.run}-{self.kind}-{i}")
-            if self.kind == "buildkit":
-                # Empty cache mounts: a namespace of its own, kept for the warm cases after it.
-                cache_id = f"{self.settings.cache_id}-{i}"
-                self.builder = ImageBuilder(
-                    self.engine, dataclasses.replace(self.settings, cache_id=cache_id)
-                )
-            result = self.measure("cold", lambda: self.build(no_cache=True))
-            assert result.built, result
-
-    def warm(self, n: int) -> None:
-        for _ in range(n):
-            result = self.measure("unchanged", self.build)
-            assert (result.built, result.pulled) == (False, False), result
+    def round(self, i: int) -> None:
+        """One sample of each build case, on a new environment."""
+        salt = f"{self.run}-{self.kind}-{i}"
+        self.write(salt)
+        if self.kind == "buildkit":
+            # Empty cache mounts: a namespace of its own, kept for the warm cases after it.
+            cache_id = f"{self.settings.cache_id}-{i}"
+            self.builder = ImageBuilder(
+                self.engine, dataclasses.replace(self.settings, cache_id=cache_id)
+            )
+        result = self.measure("cold", lambda: self.build(no_cache=True))
+        assert result.built, result
+        result = self.measure("unchanged", self.build)
+        assert (result.built, result.pulled) == (False, False), result
         # A cold build runs every step anew (BuildKit: with a build argument in their cache
         # keys), so first a build that leaves the layers a normal build looks for: unmeasured.
-        salt = f"{self.run}-{self.kind}-{n - 1}"
         self.write(salt, added=True)
-        say(f"  {self.kind}: (a first build with the package, to fill the layer cache)")
+        say(f"  {self.kind}: (the environment with the package once, to fill the layer cache)")
         self.build()
-        for _ in range(n):
-            self.write(salt, added=True)
-            result = self.measure("add one package", self.build)
-            assert result.built, result
-            ran = [line for line in self.logs[-1] if "Successfully installed" in line]
-            assert ran == [line for line in ran if "tabulate" in line], "\n".join(self.logs[-1])
-        for _ in range(n):
-            result = self.measure("no-cache rebuild", lambda: self.build(no_cache=True))
-            assert result.built, result
+        self.write(salt, added=True)
+        result = self.measure("add one package", self.build)
+        assert result.built, result
+        ran = [line for line in self.logs[-1] if "Successfully installed" in line]
+        assert ran == [line for line in ran if "tabulate" in line], "\n".join(self.logs[-1])
+        result = self.measure("no-cache rebuild", lambda: self.build(no_cache=True))
+        assert result.built, result
 
-    def pulls(self, n: int, cache: BuildCache) -> None:
+    def push(self) -> None:
         pushed = self.builder.push(self.folder, Operation(self.folder.name, "push"))
         say(f"  {self.kind}: pushed {pushed.image}")
-        for _ in range(n):
-            self.forget()
-            cache.prune()  # BuildKit's records hold layers a colleague's engine would not have
-            result = self.measure("pull instead of build", self.build)
-            assert (result.built, result.pulled) == (False, True), result
-            # As on a colleague's engine, only the base image's layers were there already; with
-            # BuildKit, the COPY of the CA bundle and the step that points pip at it may also
-            # be: they are the same bytes in every environment on this base.
-            reused = sum(line.endswith(": Already exists") for line in self.logs[-1])
-            shared = 2 if self.kind == "buildkit" else 0
-            assert self.base_layers <= reused <= self.base_layers + shared, "\n".join(self.logs[-1])
+
+    def pull(self, cache: BuildCache) -> None:
+        self.forget()
+        cache.prune()  # BuildKit's records hold layers a colleague's engine would not have
+        result = self.measure("pull instead of build", self.build)
+        assert (result.built, result.pulled) == (False, True), result
+        # As on a colleague's engine, only the base image's layers were there already; with
+        # BuildKit, the COPY of the CA bundle and the step that points pip at it may also be:
+        # they are the same bytes in every environment on this base.
+        reused = sum(line.endswith(": Already exists") for line in self.logs[-1])
+        shared = 2 if self.kind == "buildkit" else 0
+        assert self.base_layers <= reused <= self.base_layers + shared, "\n".join(self.logs[-1])
 
     def forget(self) -> None:
         """Every local image of this benchmark (registry tags included)."""
@@ -247,16 +250,43 @@ class Bench:
                 self.engine.remove_image(image["Id"], force=True)
 
 
-def table(results: dict[str, dict[str, list[float]]]) -> str:
+_FETCHED = re.compile(r"^(?:Downloading \S+ \(|Fetched )([\d.]+) ([kMG]?B)\b")
+_UNIT = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}
+
+
+def fetched_mb(log: list[str]) -> float:
+    """What a build's pip ("Downloading x.whl (35 kB)") and apt ("Fetched 15.0 MB") fetched."""
+    return sum(float(m[1]) * _UNIT[m[2]] for line in log if (m := _FETCHED.match(line)))
+
+
+def summary(bench: Bench) -> dict[str, dict[str, Any]]:
+    cold = statistics.median(bench.samples["cold"])
+    return {
+        case: {
+            "median_s": round(statistics.median(samples), 3),
+            "ratio_to_cold": round(statistics.median(samples) / cold, 4),
+            "samples_s": [round(x, 3) for x in samples],
+            # a pull's layers come from the registry, not from pip or apt
+            "fetched_mb": (
+                None if case == CASES[-1] else round(statistics.median(bench.fetched[case]), 1)
+            ),
+        }
+        for case, samples in bench.samples.items()
+    }
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     width = max(len(c) for c in CASES) + 2
-    lines = [f"{'case':<{width}}" + "".join(f"{b:>26}" for b in results)]
-    lines.append(f"{'':<{width}}" + "".join(f"{'median s  (of cold)':>26}" for _ in results))
+    head = f"{'median s':>10}{'of cold':>9}{'fetched':>10}"
+    lines = [f"{'':<{width}}" + "".join(f"{kind:^{len(head) + 3}}" for kind in results)]
+    lines.append(f"{'case':<{width}}" + "   ".join(head for _ in results))
     for case in CASES:
-        row = f"{case:<{width}}"
-        for samples in results.values():
-            took, cold = statistics.median(samples[case]), statistics.median(samples["cold"])
-            row += f"{took:>16.2f}  ({took / cold:5.3f})"
-        lines.append(row)
+        cells = []
+        for rows in results.values():
+            row = rows[case]
+            fetched = "-" if row["fetched_mb"] is None else f"{row['fetched_mb']:.1f} MB"
+            cells.append(f"{row['median_s']:>10.2f}{row['ratio_to_cold']:>9.3f}{fetched:>10}")
+        lines.append(f"{case:<{width}}" + "   ".join(cells))
     return "\n".join(lines)
 
 
@@ -283,7 +313,6 @@ def main() -> int:
         sys.exit(f"the base image {args.base} is not on this engine (`make docker` makes it)")
     cache = BuildCache(engine, f"/var/cache/{prefix}")
     work = Path(tempfile.mkdtemp(prefix="jde-bench-"))
-    results: dict[str, dict[str, list[float]]] = {}
     benches: list[Bench] = []
     try:
         with loopback_registry(prefix) as registry:
@@ -297,13 +326,17 @@ def main() -> int:
                     registry=registry,
                     cache_id=f"{prefix}-{kind}",
                 )
-                bench = Bench(kind, args.base, settings, folder, run)
-                benches.append(bench)
-                say(f"{kind}: environment {folder.name} on {args.base}, registry {registry}")
-                bench.cold(args.n)
-                bench.warm(args.n)
-                bench.pulls(args.n, cache)
-                results[kind] = bench.samples
+                benches.append(Bench(kind, args.base, settings, folder, run))
+            say(f"environments on {args.base}, registry {registry}")
+            # Round by round, both builders in turn: the machine's load drifts over a run.
+            for i in range(args.n):
+                for bench in benches:
+                    bench.round(i)
+            for bench in benches:
+                bench.push()
+            for _ in range(args.n):
+                for bench in benches:
+                    bench.pull(cache)
     finally:
         for bench in benches:
             bench.forget()
@@ -313,30 +346,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         engine.close()
 
-    print(f"\nBuild times, medians of {args.n}, on {args.base}\n")
+    results = {bench.kind: summary(bench) for bench in benches}
+    print(f"\nBuild times, medians of {args.n}, on {args.base}")
+    print("(fetched: what pip and apt downloaded, from their own log lines)\n")
     print(table(results))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "n": args.n,
-                    "base": args.base,
-                    "builders": {
-                        kind: {
-                            case: {
-                                "median_s": round(statistics.median(s), 3),
-                                "ratio_to_cold": round(
-                                    statistics.median(s) / statistics.median(samples["cold"]), 4
-                                ),
-                                "samples_s": [round(x, 3) for x in s],
-                            }
-                            for case, s in samples.items()
-                        }
-                        for kind, samples in results.items()
-                    },
-                }
-            )
-        )
+        print(json.dumps({"n": args.n, "base": args.base, "builders": results}))
     return 0
 
 
