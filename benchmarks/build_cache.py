@@ -268,7 +268,7 @@ def summary(bench: Bench) -> dict[str, dict[str, Any]]:
             "samples_s": [round(x, 3) for x in samples],
             # a pull's layers come from the registry, not from pip or apt
             "fetched_mb": (
-                None if case == CASES[-1] else round(statistics.median(bench.fetched[case]), 1)
+                None if case == CASES[-1] else round(statistics.median(bench.fetched[case]), 2)
             ),
         }
         for case, samples in bench.samples.items()
@@ -284,7 +284,7 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
         cells = []
         for rows in results.values():
             row = rows[case]
-            fetched = "-" if row["fetched_mb"] is None else f"{row['fetched_mb']:.1f} MB"
+            fetched = "-" if row["fetched_mb"] is None else f"{row['fetched_mb']:.2f} MB"
             cells.append(f"{row['median_s']:>10.2f}{row['ratio_to_cold']:>9.3f}{fetched:>10}")
         lines.append(f"{case:<{width}}" + "   ".join(cells))
     return "\n".join(lines)
