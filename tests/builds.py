@@ -52,15 +52,15 @@ def venv_freeze(engine: Engine, image: str) -> list[str]:
 
 
 def step_lines(op: Operation, instruction: str) -> list[str]:
-    """The log lines of the first step whose instruction contains ``instruction``."""
+    """The log lines of the first step whose instruction contains ``instruction`` (under each
+    of its headers: BuildKit's steps interleave, and the log repeats a header when they do)."""
+    headers = [line for line in op.log if line.startswith("Step ") and instruction in line]
+    assert headers, f"no step with {instruction!r}:\n" + "\n".join(op.log)
     lines: list[str] = []
     inside = False
     for line in op.log:
         if line.startswith("Step "):
-            if inside:
-                break
-            inside = instruction in line
+            inside = line == headers[0]
         elif inside:
             lines.append(line)
-    assert inside or lines, f"no step with {instruction!r}:\n" + "\n".join(op.log)
     return lines

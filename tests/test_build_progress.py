@@ -90,4 +90,13 @@ def test_a_failure_names_its_step_and_only_that_steps_tool_errors(builder: Image
     ]
     # and the progress never went back although step 2 came after step 3
     assert (op.step, op.total_steps) == (3, 3)
-    assert "Step 2/3 : COPY x /x" in op.log
+    # and each line is logged under its own step: step 3's header again after step 2's
+    header = "Step 3/3 : RUN apt-get install -y nope"
+    assert [i for i, line in enumerate(op.log) if line == header] == [2, 6]
+    assert op.log[3:8] == [
+        "Step 2/3 : COPY x /x",
+        "E: from another step",
+        "---> Using cache",
+        header,
+        "Reading package lists...",
+    ]

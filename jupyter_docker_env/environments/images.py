@@ -352,8 +352,9 @@ class ImageBuilder:
     def _follow(self, events: Iterator[Any], op: Operation) -> str:
         """Log the build's events and progress; its image id, or OperationFailed naming the
         failing step and the tool's own error lines (pip's ERROR:, apt's E:)."""
-        steps: dict[int, str] = {}
+        steps: dict[int, str] = {}  # "Step k/T: INSTRUCTION"
         output: dict[int, deque[str]] = {}  # the last lines of each step
+        shown = 0  # the step the log shows a header of last
         current = None
         image_id = None
         try:
@@ -365,8 +366,13 @@ class ImageBuilder:
                     # BuildKit may report cached steps out of order: progress never goes back
                     op.set_step(max(op.step, event.step), event.total)
                     current = steps[event.step] = f"Step {event.step}/{event.total}: {event.text}"
-                    op.emit(f"Step {event.step}/{event.total} : {event.text}")
+                    shown = event.step
+                    op.emit(_header(current))
                 elif event.kind == "line":
+                    if event.step != shown and event.step in steps:
+                        # BuildKit interleaves steps: a line is always logged under its own step
+                        shown = event.step
+                        op.emit(_header(steps[shown]))
                     output.setdefault(event.step, deque(maxlen=200)).append(event.text)
                     op.emit(event.text)
                 elif event.kind == "error":
@@ -520,6 +526,11 @@ def image_info(data: dict[str, Any], ref: str) -> ImageInfo:
         labels=dict((data.get("Config") or {}).get("Labels") or {}),
         digest=digests[0].split("@", 1)[1] if digests else None,
     )
+
+
+def _header(step: str) -> str:
+    """A step's log line, as Docker's legacy builder writes it: "Step k/T : INSTRUCTION"."""
+    return step.replace(": ", " : ", 1)
 
 
 def _reason(lines: Iterable[str]) -> str:
