@@ -425,7 +425,7 @@ class Engine:
                     reason = parser.summary or f"docker build exited with code {code}"
                     if "Cannot connect to the Docker daemon" in reason:
                         raise EngineUnavailable(_unavailable_reason(self.host, Exception(reason)))
-                    yield BuildEvent("error", reason)
+                    yield BuildEvent("error", reason, *parser.failed)
                 else:
                     yield BuildEvent("image", iidfile.read_text().strip())
             finally:
@@ -568,37 +568,44 @@ class _BuildKitProgress:
 
     Its lines are ``#N [k/T] INSTRUCTION`` when vertex N starts step k of T (``#N [internal]
     …`` for the builder's own work), ``#N 1.23 text`` for output, ``#N CACHED``, ``#N DONE 0.4s``
-    and ``#N ERROR: reason``; a summary follows an error. The first failure is kept in ``error``
-    for the end of the build, so that every line of the failing step comes before it.
+    and ``#N ERROR: reason``; after a failure, a summary names the failing step (`` > [k/T]
+    INSTRUCTION:``) and ends with the reason. The first failure is kept in ``error`` for the
+    end of the output, so that every line of the failing step comes before it.
+
+    When another build runs the same step at the same time, BuildKit runs it once for both and
+    may show this one no more than its failure: the summary then names the step.
     """
 
     _VERTEX = re.compile(r"^#(\d+) (.*)$")
     _STEP = re.compile(r"^\[(?:[^\]]*? )?(\d+)/(\d+)\] (.*)$")
+    _FAILED = re.compile(r"^ > \[(?:[^\]]*? )?(\d+)/(\d+)\] (.*):$")
     _OUTPUT = re.compile(r"^\d+\.\d+ (.*)$")
+    _STATUS = re.compile(r"^(?:\d+\.\d+ |CACHED$|DONE |ERROR|CANCELED|sha256:)")
 
     def __init__(self) -> None:
         self.summary = ""
         self.error: BuildEvent | None = None
-        self._names: dict[str, str] = {}  # vertex → its first line (what it does)
+        self.failed: tuple[int, int] = (0, 0)  # the step the summary names
+        self._names: dict[str, str] = {}  # vertex → what it does
         self._steps: dict[str, tuple[int, int]] = {}  # vertex → (step, total)
+        self._shown: set[int] = set()
 
     def feed(self, line: str) -> Iterator[BuildEvent]:
         m = self._VERTEX.match(line)
         if not m:
-            if line.startswith(("error:", "ERROR:")):
-                self.summary = line.split(":", 1)[1].strip()
-            elif line.startswith(("failed to solve", "executor failed")):
-                self.summary = line
+            yield from self._summary(line)
             return
         vertex, rest = m[1], m[2]
-        step, total = self._steps.get(vertex, (0, 0))
-        if vertex not in self._names:
+        if vertex not in self._names and not self._STATUS.match(rest):
             self._names[vertex] = rest
             if found := self._STEP.match(rest):
-                step, total = int(found[1]), int(found[2])
-                self._steps[vertex] = (step, total)
-                yield BuildEvent("step", found[3], step, total)
-        elif out := self._OUTPUT.match(rest):
+                self._steps[vertex] = (int(found[1]), int(found[2]))
+                yield from self._step(int(found[1]), int(found[2]), found[3])
+            return
+        if vertex not in self._steps and self.failed[0]:
+            self._steps[vertex] = self.failed  # the failing step's last lines, in the summary
+        step, total = self._steps.get(vertex, (0, 0))
+        if out := self._OUTPUT.match(rest):
             if out[1].strip():
                 yield BuildEvent("line", out[1].strip(), step, total)
         elif rest == "CACHED":
@@ -606,9 +613,25 @@ class _BuildKitProgress:
                 yield BuildEvent("line", "---> Using cache", step, total)
         elif rest.startswith("ERROR:") and self.error is None:
             reason = rest[len("ERROR:") :].strip()
-            if not step:  # the builder's own work failed, e.g. finding the base image
+            if not step and vertex in self._names:  # the builder's own work, e.g. the base
                 reason = f"{self._names[vertex]}: {reason}"
             self.error = BuildEvent("error", reason, step, total)
+
+    def _step(self, step: int, total: int, instruction: str) -> Iterator[BuildEvent]:
+        if step not in self._shown:
+            self._shown.add(step)
+            yield BuildEvent("step", instruction, step, total)
+
+    def _summary(self, line: str) -> Iterator[BuildEvent]:
+        if found := self._FAILED.match(line):
+            self.failed = (int(found[1]), int(found[2]))
+            yield from self._step(*self.failed, found[3])
+            if self.error is not None and not self.error.step:
+                self.error = BuildEvent("error", self.error.text, *self.failed)
+        elif line.startswith(("error:", "ERROR:")):
+            self.summary = line.split(":", 1)[1].strip()
+        elif line.startswith(("failed to solve", "executor failed")):
+            self.summary = line
 
 
 def context_names(folder: str, patterns: list[str] | None = None) -> set[str]:

@@ -100,3 +100,23 @@ def test_a_failure_names_its_step_and_only_that_steps_tool_errors(builder: Image
         header,
         "Reading package lists...",
     ]
+
+
+def test_a_step_another_build_ran_at_the_same_time_is_named_by_the_summary() -> None:
+    # BuildKit ran the step once for two builds; this one saw only its failure
+    events, parser = events_of(
+        "#4 [1/3] FROM base\n"
+        "#4 CACHED\n"
+        "#6 ERROR: executor failed running [/bin/sh -c apt-get install nope]: exit code: 100\n"
+        "------\n"
+        " > [3/3] RUN apt-get install nope:\n"
+        "#6 0.198 E: Unable to locate package nope\n"
+        "------\n"
+        "executor failed running [/bin/sh -c apt-get install nope]: exit code: 100\n"
+    )
+    assert events[2:] == [
+        BuildEvent("step", "RUN apt-get install nope", 3, 3),
+        BuildEvent("line", "E: Unable to locate package nope", 3, 3),
+    ]
+    assert parser.error is not None
+    assert (parser.error.step, parser.error.total) == (3, 3)
