@@ -288,7 +288,13 @@ class Engine:
         repo, _, tag = _split_tag(ref)
         try:
             stream = self._call(
-                op, repo, tag=tag or "latest", stream=True, decode=True, auth_config=auth
+                op,
+                repo,
+                # a digest (repo@sha256:…) is its own tag: docker-py reads it from the name
+                tag=tag or (None if "@" in ref else "latest"),
+                stream=True,
+                decode=True,
+                auth_config=auth,
             )
             yield from _raise_on_error(stream, RegistryError)
         except docker.errors.APIError as exc:
@@ -550,6 +556,24 @@ class Engine:
     def put_archive(self, container_id: str, path: str, data: bytes) -> None:
         """Unpack a tar archive into a (created or running) container; owners come from it."""
         self._call(self.client.api.put_archive, container_id, path, data)
+
+    def follow_logs(self, container_id: str) -> Iterator[str]:
+        """The container's output line by line as it comes, until the container stops."""
+        try:
+            stream = self._call(self.client.api.logs, container_id, stream=True, follow=True)
+        except docker.errors.NotFound:
+            return
+        pending = b""
+        try:
+            for chunk in stream:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+        if pending:
+            yield pending.decode(errors="replace")
 
     def container_logs(self, container_id: str, tail: int = 20) -> str:
         try:

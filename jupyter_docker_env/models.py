@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 EnvState = Literal["not_built", "building", "built", "failed", "outdated"]
-OperationKind = Literal["build", "push", "pull"]
+OperationKind = Literal["build", "push", "pull", "restore", "serving-build", "serving-push"]
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES: tuple[OperationState, ...] = ("queued", "running")
 
@@ -250,6 +250,99 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class ServingOptions:
+    """A request for a serving image (schema ``ServingBuild``): paths as the user gave them."""
+
+    model: str  # a model file or folder
+    handler: str  # FILE.py:FUNCTION
+    tag: str | None = None  # another name for the image, e.g. registry.example.com/team/x:1
+    no_cache: bool = False
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ServingOptions:
+        known = {"model", "handler", "tag", "no_cache"}
+        for key in body:
+            if key not in known:
+                raise FieldError(key, f"unknown option; known: {', '.join(sorted(known))}")
+        for key, what in (("model", "a model file or folder"), ("handler", "FILE.py:FUNCTION")):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise FieldError(key, f"required: {what} in the workspace")
+        if body.get("tag") is not None and not isinstance(body["tag"], str):
+            raise FieldError("tag", "must be an image reference")
+        if not isinstance(body.get("no_cache", False), bool):
+            raise FieldError("no_cache", "must be true or false")
+        return cls(
+            model=body["model"],
+            handler=body["handler"],
+            tag=body.get("tag") or None,
+            no_cache=body.get("no_cache", False),
+        )
+
+
+@dataclass(frozen=True)
+class ServingImage:
+    """A serving image on the engine (schema ``ServingImage``), with its environment's image."""
+
+    id: str
+    image: str  # its content-hash tag
+    tags: tuple[str, ...]
+    env: str
+    spec_hash: str
+    size: int
+    created: str
+    env_image: str  # the environment's image id
+    env_image_size: int | None  # None once that image is gone from the engine
+    model: str  # the model's path inside the image
+    model_digest: str
+    model_size: int
+    handler: str
+    removed: tuple[str, ...]  # the kernel-only distributions left out, name==version
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "tags": list(self.tags),
+            "env": self.env,
+            "spec_hash": self.spec_hash,
+            "size": self.size,
+            "created": self.created,
+            "env_image": {"id": self.env_image, "size": self.env_image_size},
+            "model": {"path": self.model, "digest": self.model_digest, "size": self.model_size},
+            "handler": self.handler,
+            "removed": list(self.removed),
+        }
+
+
+@dataclass(frozen=True)
+class ServingBuildResult:
+    """What a serving build produced (an operation's result)."""
+
+    serving: ServingImage
+    built: bool  # False: an image of the same inputs was there already
+    pulled: bool = False
+
+    @property
+    def image(self) -> str:
+        return self.serving.image
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.serving.to_json(), "built": self.built}
+
+
+@dataclass(frozen=True)
+class ServingContainer:
+    """A serving image running locally (``jupyter docker-env serve``)."""
+
+    id: str
+    image: str
+    url: str  # http://127.0.0.1:PORT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class EngineStatus:
     """The Docker engine as the server sees it (``reason`` says what to do when it is down)."""
 
@@ -287,4 +380,93 @@ class Status:
         del data["engine"]["runtimes"]  # the GPU part says what matters of them
         data["gpu"]["runtimes"] = list(self.gpu.runtimes)
         data["allowed_bases"] = list(self.allowed_bases)
+        return data
+
+
+# -- notebooks that carry their environment (notebooks/) ---------------------------------------
+NotebookEnvState = Literal["none", "same", "different", "missing"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing that differs between a notebook's recorded environment and the one here: a
+    package's version, the base image, a spec key or line. ``notebook``/``here`` None: it is not
+    there; "": it is there without a version."""
+
+    section: str  # "python", "apt", "conda", "base", "spec" or a file of the spec
+    name: str
+    notebook: str | None
+    here: str | None
+
+    def words(self) -> str:
+        if self.here is None:
+            return f"{_named(self.name, self.notebook)} only in the notebook's environment"
+        if self.notebook is None:
+            return f"{_named(self.name, self.here)} only here"
+        return f"{self.name}: {self.notebook} in the notebook's environment, {self.here} here"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "words": self.words()}
+
+
+def _named(name: str, version: str | None) -> str:
+    return f"{name} {version}" if version else name
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What recreating a notebook's environment would do, shown before the user confirms."""
+
+    name: str  # the environment it would create (or complete, when it has the same spec)
+    kernel_name: str
+    kind: str
+    base: str | None
+    base_digest: str | None
+    pip: tuple[str, ...]
+    apt: tuple[str, ...]
+    conda: tuple[str, ...]
+    files: dict[str, str]
+    source: str | None  # the registry image, by digest, that it would try to pull first
+    allowed: bool
+    refusal: str | None = None  # why it may not, in words, when it may not
+    field: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("pip", "apt", "conda"):
+            data[key] = list(data[key])
+        return data
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """An environment here, as a comparison names it (and its kernel, to switch to)."""
+
+    name: str
+    kernel_name: str
+    state: EnvState | None = None
+    spec_hash: str | None = None  # what its kernel runs
+
+
+@dataclass(frozen=True)
+class NotebookEnvComparison:
+    """A notebook's recorded environment (metadata.docker_env) against this workspace."""
+
+    path: str
+    state: NotebookEnvState
+    message: str
+    env: str | None = None
+    kernel_name: str | None = None
+    spec_hash: str | None = None
+    image_id: str | None = None
+    registry_image: str | None = None
+    current: EnvRef | None = None  # the environment of that name here
+    match: EnvRef | None = None  # another environment here that is the recorded one
+    differences: tuple[Difference, ...] = ()
+    restore: RestorePlan | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["differences"] = [d.to_json() for d in self.differences]
+        data["restore"] = self.restore.to_json() if self.restore else None
         return data

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CA_BUNDLE, REPO
+from .conftest import CA_BUNDLE, JDE_PREFIX, REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.ui]
 UI = REPO / "ui-tests"
@@ -58,7 +58,7 @@ def lab(
             f"--DockerEnvApp.ca_bundle={CA_BUNDLE or ''}",
             f"--DockerEnvApp.registry={jde_open_registry}",
             # A prefix of its own, so this run's "uitest" starts unbuilt whatever ran before.
-            f"--DockerEnvApp.image_prefix=jde-test-ui-{secrets.token_hex(4)}",
+            f"--DockerEnvApp.image_prefix={JDE_PREFIX}-ui-{secrets.token_hex(4)}",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
@@ -89,14 +89,13 @@ def lab(
         log.close()
 
 
-def test_panel_main_path_in_a_real_browser(
-    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
-) -> None:
+def run_playwright(lab: tuple[str, str, Path], log: Path, spec: str) -> None:
+    """Run one spec of ui-tests/ against the lab; fail with its output and the server's log."""
     url, token, _workspace = lab
     npx = shutil.which("npx")
     assert npx, "node/npx is needed for the UI tests"
     result = subprocess.run(
-        [npx, "playwright", "test"],
+        [npx, "playwright", "test", f"tests/{spec}"],
         cwd=UI,
         env={
             **os.environ,
@@ -110,7 +109,27 @@ def test_panel_main_path_in_a_real_browser(
     )
     print(result.stdout[-5000:])
     assert result.returncode == 0, (
-        result.stdout[-5000:] + result.stderr[-3000:] + (jde_tmp / "lab.log").read_text()[-3000:]
+        result.stdout[-5000:] + result.stderr[-3000:] + log.read_text()[-3000:]
     )
-    for shot in ("panel-building.png", "panel-built.png", "panel-lock.png", "panel-shared.png"):
+
+
+def test_panel_main_path_in_a_real_browser(
+    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
+) -> None:
+    run_playwright(lab, jde_tmp / "lab.log", "panel.spec.ts")
+    for shot in (
+        "panel-building.png",
+        "panel-built.png",
+        "panel-lock.png",
+        "panel-shared.png",
+        "panel-serving.png",
+    ):
+        assert (UI / "screenshots" / shot).is_file()
+
+
+def test_a_notebook_recreates_its_missing_environment_in_a_real_browser(
+    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
+) -> None:
+    run_playwright(lab, jde_tmp / "lab.log", "notebook-env.spec.ts")
+    for shot in ("notebook-env-missing.png", "notebook-env-restored.png"):
         assert (UI / "screenshots" / shot).is_file()

@@ -111,6 +111,10 @@ class _Renderer:
         return self.run(command, "conda clean -afy")
 
 
+# The environments' pip cache where plain `pip install` looks (serving images build that way).
+PIP_CACHE = _Renderer(DEFAULT_CACHE_ID).mount("pip", "/root/.cache/pip")
+
+
 def render(
     spec: EnvSpec,
     folder: Path,
@@ -186,7 +190,7 @@ def _pip_steps(r: _Renderer, spec: EnvSpec, folder: Path) -> list[str]:
     out = [r.pip("ipykernel")]
     if spec.environment and not conda_needed(spec, folder):
         # An environment.yml with only python/pip dependencies needs no conda.
-        pip_deps = environment_pip_deps(folder / spec.environment)
+        pip_deps = environment_pip_deps(folder, spec.environment)
         if pip_deps:
             out.append(r.pip(_quoted(pip_deps)))
     if spec.requirements:

@@ -7,12 +7,12 @@ Everything here blocks (it drives the engine) and runs in an operation's worker 
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
+import shlex
 import tempfile
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,21 +26,22 @@ from ..models import (
     BuildResult,
     CatalogImage,
     EnvSpec,
+    FieldError,
     ImageInfo,
     Lock,
     PushResult,
 )
 from ..models import RegistryState as RegistryStateRecord
 from ..operations import Operation, OperationFailed
-from . import dockerfile, lock
+from . import dockerfile, files, lock
 from .spec import (
     CA_FILE,
-    GENERATED_MARK,
-    IMAGE_RE,
     LOCK_FILE,
     SPEC_FILE,
     SpecError,
     check_base_allowed,
+    image_reference,
+    is_generated,
     load,
     spec_hash,
 )
@@ -113,12 +114,11 @@ class ImageBuilder:
         spec = load(folder, self.settings.default_base)
         check_base_allowed(spec, list(self.settings.allowed_bases))
         if spec.kind == "dockerfile":
-            files = _context_files(folder)
-            return Plan(folder, spec, spec_hash(spec, "", dockerfile.RENDERER_VERSION, files), None)
-        existing = folder / "Dockerfile"
-        if existing.is_file() and not existing.read_text(errors="replace").startswith(
-            GENERATED_MARK
-        ):
+            digest = spec_hash(spec, "", dockerfile.RENDERER_VERSION, _context_hashed(folder))
+            return Plan(folder, spec, digest, None)
+        for generated in ("Dockerfile", ".dockerignore", LOCK_FILE):
+            files.check_file(folder, generated)  # a link there is refused, never written through
+        if files.is_file(folder, "Dockerfile") and not is_generated(folder):
             raise SpecError(
                 "Dockerfile",
                 f"{folder} has both {SPEC_FILE} and a hand-written Dockerfile; remove one "
@@ -141,10 +141,10 @@ class ImageBuilder:
             base_id = str(found_image["Id"]) if found_image else ""
         if locked is not None and base_id:
             lock.check_base(locked, base_id)
-        files = {f: (folder / f).read_bytes() for f in dockerfile.input_files(spec)}
+        inputs = {f: files.read_bytes(folder, f) for f in dockerfile.input_files(spec)}
         # A locked build renders another Dockerfile for the same spec (the lock in one step).
         renderer = dockerfile.RENDERER_VERSION + ("-locked" if locked else "")
-        digest = spec_hash(spec, base_id, renderer, files) if base_id else ""
+        digest = spec_hash(spec, base_id, renderer, inputs) if base_id else ""
         return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id), locked)
 
     def _base_id(self, base: str, op: Operation | None) -> str:
@@ -218,7 +218,17 @@ class ImageBuilder:
         removed = [row for row in self.catalog() if row.name == name]
         for summary in self.images_of(name):
             self.engine.remove_image_tags(summary, repository)
+        self.sweep_untagged(repository)
         return removed
+
+    def sweep_untagged(self, repository: str | None = None) -> None:
+        """Remove the untagged images of this prefix's environments (or of one repository)
+        that no container uses any more: earlier builds that a kernel still used when a
+        rebuild or a delete took their tags."""
+        prefix = f"{self.settings.image_prefix}/"
+        for summary in self.engine.images({L.REPOSITORY: repository}, dangling=True):
+            if (summary.get("Labels") or {}).get(L.REPOSITORY, "").startswith(prefix):
+                self.engine.remove_if_unused(str(summary["Id"]))
 
     # -- the build -------------------------------------------------------------------------
     def build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
@@ -226,11 +236,11 @@ class ImageBuilder:
         plan = self._operation_plan(folder, op, from_lock=options.from_lock)
         ref = self.image_ref(plan)
         op.emit(f"Environment {plan.spec.name}: image {ref}")
-        if plan.spec.kind != "dockerfile" and os.access(plan.folder, os.W_OK):
+        if plan.spec.kind != "dockerfile" and files.writable(plan.folder):
             # Keep the folder a plain build context: the files a colleague's `docker build` needs.
             portable = dockerfile.render(plan.spec, folder, locked=plan.locked is not None)
-            _write_if_changed(plan.folder / "Dockerfile", portable)
-            _write_if_changed(plan.folder / ".dockerignore", dockerfile.dockerignore(plan.spec))
+            files.write_text(plan.folder, "Dockerfile", portable)
+            files.write_text(plan.folder, ".dockerignore", dockerfile.dockerignore(plan.spec))
         if not options.no_cache:
             if (existing := self.find_image(ref)) is not None:
                 op.emit("Unchanged since the last build: reusing the image, nothing to build.")
@@ -244,12 +254,20 @@ class ImageBuilder:
                 pulled = self._try_pull(plan, remote, op)
                 if pulled is not None:
                     return self._finish(plan, pulled, op, built=False, pulled=True)
+        return self._build_new(plan, options, op)
+
+    def _build_new(
+        self, plan: Plan, options: BuildOptions, op: Operation, spec: EnvSpec | None = None
+    ) -> BuildResult:
+        """Build the plan's image (from ``spec``, a whole lock's exact versions, instead of the
+        plan's, when given), record its lock and tag it."""
+        ref = self.image_ref(plan)
         try:
             builder = self.engine.builder()
         except EngineError as exc:
             raise OperationFailed(str(exc), step="builder") from exc
         op.emit(f"Building with {'BuildKit' if builder == 'buildkit' else 'the legacy builder'}")
-        image_id = self._run_build(plan, options, builder, op)
+        image_id = self._run_build(plan, options, builder, op, spec)
         op.emit("Recording the exact versions (lock)")
         captured = lock.capture(self.engine, image_id, plan.spec, self._base_record(plan))
         self.engine.add_labels(image_id, {L.LOCK: lock.to_label(captured)}, tag=ref)
@@ -262,7 +280,7 @@ class ImageBuilder:
         """plan() for an operation: a spec error fails it, naming the field."""
         try:
             return self.plan(folder, op, from_lock=from_lock)
-        except SpecError as exc:
+        except FieldError as exc:
             raise OperationFailed(str(exc), step=f"spec field {exc.field}") from exc
 
     def _base_record(self, plan: Plan) -> BaseImage | None:
@@ -287,29 +305,44 @@ class ImageBuilder:
             L.SPEC_HASH: plan.hash,
             L.GPU: "true" if plan.spec.gpu else "false",
             L.RENDERER: dockerfile.RENDERER_VERSION,
+            L.REPOSITORY: self.repository(plan.spec.name),
         }
         if self.settings.owner:
             labels[L.OWNER] = self.settings.owner
+        files = spec_files(plan.folder, plan.spec)
+        if files is not None:
+            labels[L.SPEC_FILES] = spec_files_label(files)
         return labels
 
-    def _run_build(self, plan: Plan, options: BuildOptions, builder: Builder, op: Operation) -> str:
+    def _run_build(
+        self,
+        plan: Plan,
+        options: BuildOptions,
+        builder: Builder,
+        op: Operation,
+        spec: EnvSpec | None = None,
+    ) -> str:
+        """Build the plan's image; ``spec``, when given, is what the Dockerfile installs instead
+        of the plan's own spec (its exact versions), under the plan's labels and hash."""
         labels = self.image_labels(plan)
         buildkit = builder == "buildkit"
         with tempfile.TemporaryDirectory(prefix="docker-env-ctx-") as tmp:
+            context = Path(tmp) / "context"
             if plan.spec.kind == "dockerfile":
-                context = plan.folder  # the user's Dockerfile, with the folder as is
-                text = (plan.folder / "Dockerfile").read_text()
+                # The user's Dockerfile with a copy of its context, read without following links:
+                # builders would read the folder as root, and follow a link swapped in meanwhile.
+                files.write_tree(_context_tree(plan.folder), context)
+                text = files.read_text(plan.folder, "Dockerfile")
                 if not buildkit:
                     text = f"{text.rstrip()}\n{label_instruction(labels)}"
             else:
-                context = Path(tmp) / "context"
                 self._context(plan, context)
                 text = dockerfile.render(
-                    plan.spec,
+                    spec or plan.spec,
                     plan.folder,
                     cache_id=self.settings.cache_id if buildkit else None,
                     labels=None if buildkit else labels,
-                    locked=plan.locked is not None,
+                    locked=plan.locked is not None or spec is not None,
                 )
             path = Path(tmp) / "Dockerfile"
             path.write_text(text)
@@ -335,10 +368,9 @@ class ImageBuilder:
         """The build context: only what the Dockerfile copies, plus the CA bundle if set."""
         context.mkdir()
         (context / ".dockerignore").write_text(dockerfile.dockerignore(plan.spec))
-        if plan.spec.kind == "spec":
-            shutil.copy(plan.folder / SPEC_FILE, context / SPEC_FILE)
-        for name in dockerfile.input_files(plan.spec):
-            shutil.copy(plan.folder / name, context / name)
+        copied = [SPEC_FILE] if plan.spec.kind == "spec" else []
+        for name in [*copied, *dockerfile.input_files(plan.spec)]:
+            (context / name).write_bytes(files.read_bytes(plan.folder, name))
         ca = self.settings.ca_bundle
         if ca:
             if not Path(ca).is_file():
@@ -347,7 +379,7 @@ class ImageBuilder:
                     "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
                     step="CA bundle",
                 )
-            shutil.copy(ca, context / CA_FILE)
+            (context / CA_FILE).write_bytes(Path(ca).read_bytes())  # the admin's, not the user's
 
     def _follow(self, events: Iterator[Any], op: Operation) -> str:
         """Log the build's events and progress; its image id, or OperationFailed naming the
@@ -410,7 +442,7 @@ class ImageBuilder:
             if old is not None and old["Id"] != image.id:
                 self.engine.remove_if_unused(str(old["Id"]))  # a rebuild left it untagged
         found = self.lock_of(image)
-        if found is not None and os.access(plan.folder, os.W_OK):
+        if found is not None and files.writable(plan.folder):
             lock.write(plan.folder, found, plan.hash, plan.spec.name)
         if op:
             op.emit(f"Done: {ref} ({image.id[:19]})")
@@ -504,6 +536,81 @@ class ImageBuilder:
         op.emit(f"Pushed {', '.join(pushed)} ({digest})")
         return PushResult(name=plan.spec.name, image=pushed[0], digest=digest, pushed=tuple(pushed))
 
+    # -- recreating a recorded environment (a notebook's) -----------------------------------
+    def recreate(
+        self, folder: Path, locked: Lock, sources: Sequence[str], op: Operation
+    ) -> BuildResult:
+        """The environment in ``folder`` with exactly ``locked`` inside, as a notebook recorded it.
+
+        An image of the folder's content hash with that lock, already here or pulled from one of
+        ``sources`` (registry references by digest), or else a build of the folder's spec with
+        the lock's exact versions, tagged with the spec's own content hash: the same environment
+        again, not a new spec (unlike ``from_lock``).
+        """
+        self._recorded_base(locked, op)
+        plan = self._operation_plan(folder, op)
+        for image in (self.find_image(self.image_ref(plan)), self.image_with_hash(plan.hash)):
+            if image is not None and self.lock_of(image) == locked:
+                op.emit(f"The recorded environment is here already: {image.tag}")
+                return self._finish(plan, image, op, built=False, pulled=False)
+        for source in sources:
+            pulled = self._pull_recorded(source, locked, op)
+            if pulled is not None:
+                return self._finish(plan, pulled, op, built=False, pulled=True)
+        if plan.spec.kind == "dockerfile":
+            op.emit("Building the recorded Dockerfile (its versions cannot be pinned)")
+            return self._build_new(plan, BuildOptions(), op)
+        op.emit("Building with the recorded exact versions (lock)")
+        try:
+            pinned = lock.pin(plan.spec, locked)
+        except SpecError as exc:
+            raise OperationFailed(str(exc), step=f"spec field {exc.field}") from exc
+        return self._build_new(plan, BuildOptions(), op, spec=pinned)
+
+    def _recorded_base(self, locked: Lock, op: Operation) -> None:
+        """Give the base tag the recorded image when this engine has no such tag (pulled by its
+        digest, which the caller checked is of that repository); warn when the tag here names
+        another image."""
+        base = locked.base
+        if base is None:
+            return
+        found = self.engine.inspect_image(base.image)
+        if found is not None:
+            if base.id and found["Id"] != base.id:
+                op.emit(
+                    f"WARNING: {base.image} here is another image ({str(found['Id'])[:19]}) than "
+                    f"the recorded one ({base.id[:19]}): the environment is built on the recorded "
+                    "base, and its spec hash differs from the recorded one"
+                )
+            return
+        if not base.digest:
+            return  # planning pulls the tag, as for any spec
+        op.emit(f"Pulling the recorded base image {base.digest}")
+        try:
+            for msg in self.engine.pull(base.digest):
+                op.check_cancelled()
+                _log_transfer(op, msg)
+        except (RegistryError, EngineError) as exc:
+            op.emit(f"WARNING: the recorded base cannot be pulled ({exc}): using {base.image}")
+            return
+        head, sep, tag = base.image.rpartition(":")
+        repo, tag = (head, tag) if sep and "/" not in tag else (base.image, "latest")
+        self.engine.tag(base.digest, repo, tag)
+
+    def _pull_recorded(self, source: str, locked: Lock, op: Operation) -> ImageInfo | None:
+        """Pull ``source`` when it is the recorded environment (its lock is ``locked``)."""
+        op.emit(f"Pulling {source}")
+        try:
+            self._transfer(self.engine.pull, source, op, step="pull")
+        except OperationFailed as exc:
+            op.emit(f"{exc}; building instead")
+            return None
+        image = self.find_image(source)
+        if image is None or image.labels.get(L.MANAGED) != "true" or self.lock_of(image) != locked:
+            op.emit(f"{source} is not the recorded environment (another lock); building instead")
+            return None
+        return image
+
     def registry_state(self, plan: Plan) -> RegistryStateRecord | None:
         remote = self.registry_ref(plan)
         if remote is None:
@@ -539,19 +646,51 @@ def _reason(lines: Iterable[str]) -> str:
     return "\n".join(line for line in lines if line.startswith(errors))
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+def _context_tree(folder: Path) -> dict[str, files.Entry]:
+    """Everything a plain `docker build` of the folder would send (honouring .dockerignore),
+    read without following links; a link out of the folder is refused."""
+    has_ignore = files.present(folder, ".dockerignore")
+    ignore = files.read_text(folder, ".dockerignore") if has_ignore else ""
+    patterns = [p.strip() for p in ignore.splitlines() if p.strip() and not p.startswith("#")]
+    return files.read_tree(folder, context_names(str(folder), patterns))
 
 
-def _context_files(folder: Path) -> dict[str, bytes]:
-    """Every file a plain `docker build` of the folder would send (honouring .dockerignore)."""
-    ignore = folder / ".dockerignore"
-    patterns = ignore.read_text().splitlines() if ignore.is_file() else []
-    patterns = [p.strip() for p in patterns if p.strip() and not p.startswith("#")]
-    names = sorted(context_names(str(folder), patterns))
-    skip = {LOCK_FILE, CA_FILE}
-    return {n: (folder / n).read_bytes() for n in names if (folder / n).is_file() and n not in skip}
+#: The most spec text an image label (and so a notebook) carries, quoted as a Dockerfile LABEL
+#: value: Dockerfile lines end at 64 KiB, and every label of a build shares one line.
+SPEC_FILES_LIMIT = 32 * 1024
+
+
+def spec_files(folder: Path, spec: EnvSpec) -> dict[str, str] | None:
+    """The files that define ``spec``, as text: its docker-env.toml and the files it names, or a
+    Dockerfile's build context. None when they are not text or too large for a label."""
+    if spec.kind == "dockerfile":
+        tree = _context_tree(folder)
+        raw = {n: e.data for n, e in tree.items() if e.kind == "file" and n not in CONTEXT_SKIP}
+    else:
+        names = [SPEC_FILE] if spec.kind == "spec" else []
+        raw = {n: files.read_bytes(folder, n) for n in [*names, *dockerfile.input_files(spec)]}
+    try:
+        text = {name: data.decode() for name, data in raw.items()}
+    except UnicodeDecodeError:
+        return None
+    return text if len(shlex.quote(spec_files_label(text))) <= SPEC_FILES_LIMIT else None
+
+
+def spec_files_label(files: dict[str, str]) -> str:
+    """The spec files as one line of ASCII JSON (no newline can end a LABEL instruction)."""
+    return json.dumps(files, sort_keys=True, separators=(",", ":"))
+
+
+#: Files of a folder that never name its image: what the build writes, and the CA bundle.
+CONTEXT_SKIP = frozenset({LOCK_FILE, CA_FILE})
+
+
+def _context_hashed(folder: Path) -> dict[str, bytes]:
+    """What of the build context names the image: files by content, links by target."""
+    tree = _context_tree(folder)
+    hashed = {n: e.data for n, e in tree.items() if e.kind == "file" and n not in CONTEXT_SKIP}
+    hashed.update({f"{n}\0link": e.data for n, e in tree.items() if e.kind == "link"})
+    return hashed
 
 
 def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
@@ -563,7 +702,7 @@ def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
 
 def registry_problem(registry: str) -> str | None:
     """Why ``registry`` is no HOST[:PORT]/NAMESPACE setting, or None when it is one."""
-    if IMAGE_RE.match(f"{registry.rstrip('/')}/env:tag"):
+    if image_reference(f"{registry.rstrip('/')}/env:tag"):
         return None
     return (
         f"the registry setting {registry!r} is not HOST[:PORT]/NAMESPACE like "

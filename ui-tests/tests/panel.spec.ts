@@ -1,6 +1,17 @@
 import * as path from 'path';
 
-import { APIRequestContext, expect, Page, test } from '@playwright/test';
+import { expect, Page, test } from '@playwright/test';
+
+import {
+  API_URL,
+  AUTH,
+  BASE_URL,
+  BUILD_TIMEOUT,
+  hideNotifications,
+  openLab,
+  SCREENSHOTS,
+  shutDownKernelsOf
+} from './lab';
 
 /*
  * The main path through the panel, against a real JupyterLab with jupyter-docker-env and a real
@@ -8,40 +19,12 @@ import { APIRequestContext, expect, Page, test } from '@playwright/test';
  * the code runs in a container that sees the workspace.
  */
 
-const LAB_URL = process.env.JDE_LAB_URL ?? 'http://127.0.0.1:8888/lab';
-const TOKEN = process.env.JDE_LAB_TOKEN ?? '';
 /** Optional pip packages for the test environment, comma separated (none by default). */
 const PIP = (process.env.JDE_UITEST_PIP ?? '')
   .split(',')
   .map(p => p.trim())
   .filter(p => p);
 const ENV_NAME = 'uitest';
-const BUILD_TIMEOUT = 300_000;
-const SCREENSHOTS = path.join(__dirname, '..', 'screenshots');
-
-/** The server's base URL: the lab URL less its trailing `lab`. */
-const BASE_URL = LAB_URL.replace(/\/lab\/?(\?.*)?$/, '/');
-const API_URL = `${BASE_URL}jupyter-docker-env/api/`;
-const AUTH = TOKEN ? { Authorization: `token ${TOKEN}` } : undefined;
-
-async function openLab(page: Page): Promise<void> {
-  const url = new URL(LAB_URL);
-  if (TOKEN) {
-    url.searchParams.set('token', TOKEN);
-  }
-  // A fresh layout, whatever earlier runs left open.
-  url.searchParams.set('reset', '');
-  await page.goto(url.toString());
-  await page.locator('#jupyterlab-splash').waitFor({ state: 'detached' });
-  await page.locator('.jp-LabShell').waitFor();
-}
-
-/** Hides notifications (such as the news opt-in) that would cover part of a screenshot. */
-async function hideNotifications(page: Page): Promise<void> {
-  await page.addStyleTag({
-    content: '.Toastify { display: none !important; }'
-  });
-}
 
 /** Drags the left sidebar's edge so that the panel is `width` pixels wide (for the screenshots). */
 async function widenSidebar(page: Page, width: number): Promise<void> {
@@ -58,28 +41,6 @@ async function widenSidebar(page: Page, width: number): Promise<void> {
   await page.mouse.down();
   await page.mouse.move(sidebar.x + width, y, { steps: 5 });
   await page.mouse.up();
-}
-
-/** Shuts down the kernels of an environment, if it exists. */
-async function shutDownKernelsOf(
-  request: APIRequestContext,
-  name: string
-): Promise<void> {
-  const reply = await request.get(`${API_URL}envs/${name}`, { headers: AUTH });
-  if (!reply.ok()) {
-    return;
-  }
-  const { kernel_name } = await reply.json();
-  const kernels = await (
-    await request.get(`${BASE_URL}api/kernels`, { headers: AUTH })
-  ).json();
-  for (const kernel of kernels as { id: string; name: string }[]) {
-    if (kernel.name === kernel_name) {
-      await request.delete(`${BASE_URL}api/kernels/${kernel.id}`, {
-        headers: AUTH
-      });
-    }
-  }
 }
 
 test('create, build and use an environment from the panel', async ({
@@ -265,6 +226,92 @@ test('create, build and use an environment from the panel', async ({
     path: path.join(SCREENSHOTS, 'notebook-in-container.png')
   });
 
+  // When the user serves a model from the workspace (a training run's output) from the panel
+  await putFile(request, 'models', null);
+  await putFile(
+    request,
+    'models/model.json',
+    JSON.stringify({ weights: [2, -1], bias: 0.5 })
+  );
+  await putFile(request, 'serve.py', SERVING_HANDLER);
+  const serving = card.getByTestId('serving');
+  await serving.locator(':scope > summary').click();
+  await expect(serving.getByTestId('serving-handler')).toHaveValue(
+    'serve.py:predict'
+  );
+  // (a model that is not there is explained next to its field)
+  await serving.getByTestId('serving-model').fill('models/missing.json');
+  await serving.getByTestId('serving-build').click();
+  await expect(serving.getByTestId('field-error-model')).toContainText(
+    'does not exist'
+  );
+  await serving.getByTestId('serving-model').fill('models/model.json');
+  await serving.getByTestId('serving-build').click();
+  // Then it is built as an operation, and listed with its size next to the environment's
+  const servingOperation = serving.getByTestId('operation');
+  await expect(servingOperation).toHaveAttribute(
+    'data-operation-kind',
+    'serving-build'
+  );
+  await expect(servingOperation).toHaveAttribute(
+    'data-operation-state',
+    'succeeded',
+    { timeout: BUILD_TIMEOUT }
+  );
+  const served = serving.getByTestId('serving-image');
+  await expect(served).toHaveCount(1);
+  await expect(served.getByTestId('serving-image-size')).toContainText(
+    "the environment's"
+  );
+  await expect(serving.locator(':scope > summary')).toHaveText(
+    'Serving · 1 image'
+  );
+  // (the screenshot shows the serving section: the log and the other sections closed)
+  await serving.getByTestId('operation-log-toggle').click();
+  for (const open of ['kernel-resources', 'sharing']) {
+    const section = card.getByTestId(open);
+    if ((await section.count()) && (await section.getAttribute('open')) !== null) {
+      await section.locator(':scope > summary').click();
+    }
+  }
+  await card.screenshot({ path: path.join(SCREENSHOTS, 'panel-serving.png') });
+  // When the user deletes it, Then it is gone
+  await served.getByTestId('serving-delete').click();
+  await page.locator('.jp-Dialog .jp-mod-warn').click();
+  await expect(served).toHaveCount(0);
+
   // Leave no kernel running on the test image.
   await shutDownKernelsOf(request, ENV_NAME);
 });
+
+/** A serving handler with nothing but the standard library (the test environment's runtime). */
+const SERVING_HANDLER = `import json
+
+MODEL = {}
+
+
+def load(path):
+    with open(path) as f:
+        MODEL.update(json.load(f))
+
+
+def predict(payload):
+    x = payload["features"]
+    return {"prediction": sum(w * v for w, v in zip(MODEL["weights"], x)) + MODEL["bias"]}
+`;
+
+/** Writes a file (or, with null, makes a folder) in the workspace through the contents API. */
+async function putFile(
+  request: APIRequestContext,
+  where: string,
+  content: string | null
+): Promise<void> {
+  const reply = await request.put(`${BASE_URL}api/contents/${where}`, {
+    headers: AUTH,
+    data:
+      content === null
+        ? { type: 'directory' }
+        : { type: 'file', format: 'text', content }
+  });
+  expect(reply.ok(), await reply.text()).toBeTruthy();
+}

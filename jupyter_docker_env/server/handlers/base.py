@@ -8,6 +8,7 @@ Handlers stay thin: parse, await a service, reply. A domain error raised by a se
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.kernelspec import NoSuchKernel
@@ -18,7 +19,9 @@ from tornado import web
 from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
 from ...models import FieldError
-from ...operations import OperationFailed
+from ...operations import Operation, OperationFailed
+from ...serving.builder import ServingNotFound
+from ...serving.manager import ServingManager
 
 if TYPE_CHECKING:
     from ..app import DockerEnvApp
@@ -34,6 +37,7 @@ STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (FieldError, 400),
     (EnvReadOnly, 403),
     (EnvNotFound, 404),
+    (ServingNotFound, 404),
     (EnvConflict, 409),
     (OperationFailed, 409),
     (NoSuchKernel, 409),
@@ -72,6 +76,18 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     def environments(self) -> EnvironmentManager:
         return self.ext.environments
 
+    @property
+    def serving(self) -> ServingManager:
+        return self.ext.serving
+
+    def find_operation(self, operation_id: str) -> tuple[Operation, Callable[[str], Any]] | None:
+        """An operation of any service, and how to cancel it."""
+        for service in (self.environments, self.serving):
+            op = service.operation(operation_id)
+            if op is not None:
+                return op, service.cancel
+        return None
+
     # -- errors ----------------------------------------------------------------------------
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -88,7 +104,7 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         if isinstance(exc, (ApiError, FieldError)):
             message, field = exc.message, exc.field
         elif status_for(exc) is not None:
-            message, field = str(exc), None
+            message, field = str(exc), getattr(exc, "field", None)
         else:
             super().write_error(status_code, **kwargs)  # logged, and no internals in the body
             return
@@ -102,11 +118,12 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         try:
             body = json.loads(self.request.body)
         except (ValueError, RecursionError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+            raise ApiError(400, f"the request body is not valid JSON: {exc}", "body") from exc
         if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        if _depth(body) > MAX_BODY_DEPTH:
-            raise ApiError(400, "the request body is nested too deeply")
+            raise ApiError(400, "the request body must be a JSON object", "body")
+        for key, value in body.items():
+            if _depth(value, 1) > MAX_BODY_DEPTH:
+                raise ApiError(400, "is nested too deeply", key)
         return body
 
     def offset_argument(self) -> int:
@@ -118,6 +135,11 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
+
+    def started(self, op: Operation) -> None:
+        """202 with the operation, which clients follow at its ``Location``."""
+        self.set_header("Location", self.base_url + route(f"operations/{op.id}").lstrip("/"))
+        self.reply(op.to_json(), status=202)
 
 
 def _depth(value: Any, level: int = 0) -> int:

@@ -8,8 +8,10 @@ import { EnvHeader } from './EnvHeader';
 import { KernelResources } from './KernelResources';
 import { ErrorMessage, Note } from './Messages';
 import { OperationView } from './OperationView';
+import { Serving } from './Serving';
 import { Sharing } from './Sharing';
 import { IEnvSectionProps, IPanelActions } from './types';
+import { useAction } from './useAction';
 
 export interface IEnvCardProps {
   env: DockerEnv.IEnv;
@@ -27,21 +29,13 @@ export interface IEnvCardProps {
  */
 export function EnvCard(props: IEnvCardProps): JSX.Element {
   const { env, api, actions, onChanged } = props;
-  const [actionError, setActionError] = React.useState<string | null>(null);
-  const [busy, setBusy] = React.useState(false);
+  const {
+    busy,
+    error: actionError,
+    setError: setActionError,
+    run
+  } = useAction();
   const operationActive = DockerEnv.isActive(env.operation);
-
-  const run = async (action: () => Promise<void>): Promise<void> => {
-    setBusy(true);
-    setActionError(null);
-    try {
-      await action();
-    } catch (error) {
-      setActionError((error as Error).message);
-    } finally {
-      setBusy(false);
-    }
-  };
 
   const startOperation = (start: () => Promise<DockerEnv.IOperation>) =>
     run(async () => {
@@ -120,6 +114,7 @@ export function EnvCard(props: IEnvCardProps): JSX.Element {
       <KernelResources {...section} />
       <BuildControls {...section} />
       <Sharing {...section} />
+      <Serving {...section} />
       {actionError && (
         <ErrorMessage testid="action-error">{actionError}</ErrorMessage>
       )}
