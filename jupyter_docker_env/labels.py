@@ -41,6 +41,7 @@ INSTANCE = label("instance")
 USER = label("user")
 ROLE = label("role")
 NETWORK = label("network")
+POOL = label("pool")  # a warm pool's container: the placement (a hash) it serves
 
 
 def label_instruction(labels: dict[str, str]) -> str:
