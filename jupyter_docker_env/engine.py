@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import docker
 import docker.errors
@@ -526,6 +526,20 @@ class Engine:
     def put_archive(self, container_id: str, path: str, data: bytes) -> None:
         """Unpack a tar archive into a (created or running) container; owners come from it."""
         self._call(self.client.api.put_archive, container_id, path, data)
+
+    def container_changes(self, container_id: str) -> list[str]:
+        """Paths added or changed in the container's own file system (``docker diff``)."""
+        try:
+            changes = self._call(self.client.api.diff, container_id) or []
+        except docker.errors.NotFound:
+            return []
+        return [str(c["Path"]) for c in changes if c.get("Kind") in (0, 1)]
+
+    def copy_from_container(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        """Write a tar of ``path`` in the container (running or exited) into ``into``."""
+        stream, _ = self._call(self.client.api.get_archive, container_id, path)
+        for chunk in stream:
+            into.write(chunk)
 
     def container_logs(self, container_id: str, tail: int = 20) -> str:
         try:

@@ -25,8 +25,9 @@ from ..models import BuildOptions
 from ..operations import Cancelled, Operation, OperationFailed
 
 
-def manager(args: argparse.Namespace) -> EnvironmentManager:
-    """The environment service with the user's configuration and this command's options."""
+def manager(args: argparse.Namespace, root_dir: Path | None = None) -> EnvironmentManager:
+    """The environment service with the user's configuration and this command's options, for
+    the workspace ``root_dir`` (default: the current folder)."""
     settings = load_settings(
         registry=getattr(args, "registry", None),
         ca_bundle=getattr(args, "ca_bundle", None),
@@ -37,7 +38,7 @@ def manager(args: argparse.Namespace) -> EnvironmentManager:
         settings.docker_host or None, builder=settings.builder, docker_cli=settings.docker_cli
     )
     envs: EnvironmentManager = settings.environment_manager_class(
-        settings=settings, root_dir=Path.cwd(), engine=engine
+        settings=settings, root_dir=root_dir or Path.cwd(), engine=engine
     )
     return envs
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 Role = Literal["kernel", "run", "sandbox", "pool", "serving"]
 
@@ -51,6 +51,9 @@ class ContainerRequest:
     #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
     ports: tuple[int, ...] = ()
     files: tuple[ContainerFile, ...] = ()
+    #: Outlives the process that launched it (a run): never removed when that process exits, and
+    #: its files are copied into it, so nothing on the host must be kept for it.
+    detached: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,19 @@ class ContainerBackend(Protocol):
     async def remove(self, container_id: str) -> None: ...
 
     async def logs(self, container_id: str, tail: int = 20) -> str: ...
+
+    async def changes(self, container_id: str) -> list[str]:
+        """Paths the container added or changed in its own file system (not in its mounts)."""
+        ...
+
+    async def copy_from(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        """Write a tar of ``path`` in an exited (or running) container into ``into``."""
+        ...
+
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        """Ids of the containers carrying all these labels, running or exited (a restarted
+        server finds detached containers this way)."""
+        ...
 
     async def sweep(self, instance_id: str) -> list[str]:
         """Remove everything an earlier life of this server instance left; return ids."""

@@ -14,6 +14,7 @@ from ..config import DockerEnvConfig
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
+from ..runs.manager import RunManager
 from .handlers import HANDLERS
 
 
@@ -21,10 +22,11 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     name = "jupyter_docker_env"
     description = "Reproducible Docker environments as Jupyter kernels"
     handlers = HANDLERS  # type: ignore[assignment]
-    classes = [DockerEnvProvisioner]  # type: ignore[assignment]
+    classes = [DockerEnvProvisioner, RunManager]  # type: ignore[assignment]
 
     engine: Engine
     environments: EnvironmentManager
+    runs: RunManager
 
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
@@ -45,6 +47,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             root_dir=root_dir,
             engine=self.engine,
             kernels_dir=self.kernels_dir,
+        )
+        self.runs = self.run_manager_class(
+            parent=self, settings=self, environments=self.environments, workspace=root_dir
         )
         self.settings.update(docker_env=self)
 
@@ -70,6 +75,10 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                     len(removed),
                 )
         await self.environments.sync_kernelspecs()
+        followed = await self.runs.recover()
+        if followed:
+            self.log.info("jupyter-docker-env: following %d run(s) started earlier", len(followed))
 
     async def stop_extension(self) -> None:
+        self.runs.close()
         self.environments.close()

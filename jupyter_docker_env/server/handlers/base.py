@@ -19,6 +19,7 @@ from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
 from ...models import FieldError
 from ...operations import OperationFailed
+from ...runs.manager import RunConflict, RunManager, RunNotFound, RunRefused
 
 if TYPE_CHECKING:
     from ..app import DockerEnvApp
@@ -27,6 +28,7 @@ AUTH_RESOURCE = "docker_env"
 NAMESPACE = "jupyter-docker-env/api"
 ENV_NAME = r"(?P<name>[a-z0-9][a-z0-9_.-]{0,62})"
 OPERATION_ID = r"(?P<operation_id>[0-9a-f]{12})"
+RUN_ID = r"(?P<run_id>[0-9a-f]{12})"
 MAX_BODY_DEPTH = 32
 
 #: Domain errors and the HTTP status each one means.
@@ -34,8 +36,11 @@ STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (FieldError, 400),
     (EnvReadOnly, 403),
     (EnvNotFound, 404),
+    (RunNotFound, 404),
     (EnvConflict, 409),
     (OperationFailed, 409),
+    (RunConflict, 409),
+    (RunRefused, 409),
     (NoSuchKernel, 409),
     (EngineUnavailable, 503),
 )
@@ -71,6 +76,10 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def environments(self) -> EnvironmentManager:
         return self.ext.environments
+
+    @property
+    def runs(self) -> RunManager:
+        return self.ext.runs
 
     # -- errors ----------------------------------------------------------------------------
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
