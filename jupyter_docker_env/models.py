@@ -322,10 +322,10 @@ class RunRequest:
         if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
             raise FieldError("command", "must be a list of strings (the program and arguments)")
         notebook = _optional_str(body, "notebook")
-        if bool(command) == bool(notebook):
-            raise FieldError(
-                "command" if command else "notebook", "give either a command or a notebook"
-            )
+        if not command and not notebook:
+            raise FieldError("command", "give a command or a notebook to run")
+        if command and notebook:
+            raise FieldError("notebook", "give a command or a notebook, not both")
         if notebook and not notebook.endswith(".ipynb"):
             raise FieldError("notebook", f"{notebook} is not a notebook (.ipynb)")
         parameters = body.get("parameters") or {}

@@ -1,8 +1,9 @@
 """`jupyter docker-env run` and `jupyter docker-env runs`: training runs from a shell.
 
 A thin adapter over the same :class:`RunManager` the server uses. The workspace is ``--workspace``,
-else the nearest folder up from here that already holds runs (``.docker-env/``), else the current
-folder; it is mounted into the run, and its runs are the ones listed. Without ``--detach`` this
+else the nearest folder up from here that holds runs (``.docker-env/``) or environments
+(``environments/``), as a server's root does, else the current folder; it is mounted into the
+run, and its runs are the ones listed. Without ``--detach`` this
 process prepares the run, follows its log and exits with its exit code; Ctrl-C cancels it.
 """
 
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..config import load_settings
 from ..containers.placement import working_dir_in
 from ..kernels.resources import parse_cpus
 from ..models import FieldError, Run, RunRequest
@@ -26,18 +28,20 @@ from ..runs.manager import RunManager
 from .environments import emit_json, manager
 
 
-def workspace_for(args: argparse.Namespace) -> Path:
+def workspace_for(args: argparse.Namespace, env_dirs: list[str]) -> Path:
+    """--workspace, else the nearest folder up from here that holds runs or environments (as
+    a server's root does), else here."""
     if args.workspace:
         return Path(os.path.abspath(args.workspace))
     here = Path.cwd()
     for folder in (here, *here.parents):
-        if (folder / ".docker-env").is_dir():
+        if any((folder / d).is_dir() for d in (".docker-env", *env_dirs)):
             return folder
     return here
 
 
 def services(args: argparse.Namespace) -> RunManager:
-    workspace = workspace_for(args)
+    workspace = workspace_for(args, list(load_settings().env_dirs))
     envs = manager(args, root_dir=workspace)
     settings = envs.settings
     runs: RunManager = settings.run_manager_class(
@@ -302,7 +306,7 @@ def register(sub: Any) -> None:
             "--workspace",
             default=default,
             help="the folder mounted into runs and holding their records (default: the nearest "
-            "folder up from here with runs in it, else this one)",
+            "folder up from here with runs or environments in it, else this one)",
         )
 
     r = sub.add_parser(

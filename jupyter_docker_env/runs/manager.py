@@ -538,9 +538,14 @@ class RunManager(LoggingConfigurable):
             output = await self.backend.logs(run.container_id, tail=50)
             if output.strip():
                 await self._blocking(self.store.append_log, run_id, output.rstrip("\n") + "\n")
+        if run.container_id:  # before the run is seen as ended: then everything is in place
+            if run.request.snapshot and state is not None:
+                await self._copy_back(run)
+            with contextlib.suppress(Exception):
+                await self.backend.remove(run.container_id)
         finished = last.get("finished") if isinstance(last.get("finished"), float) else None
         attempt = status.get("attempt") if isinstance(status.get("attempt"), int) else None
-        run = await self._end(
+        return await self._end(
             run_id,
             final,
             reason,
@@ -549,12 +554,6 @@ class RunManager(LoggingConfigurable):
             attempt=attempt or run.attempt or 1,
             finished=finished,
         )
-        if run.container_id:
-            if run.request.snapshot and state is not None:
-                await self._copy_back(run)
-            with contextlib.suppress(Exception):
-                await self.backend.remove(run.container_id)
-        return run
 
     async def _copy_back(self, run: Run) -> None:
         """A snapshot run's new and changed files in its code folder, back in the workspace."""

@@ -147,8 +147,9 @@ class RunStore:
         except FileNotFoundError:
             return [], offset
         end = len(data) if final or len(data) == MAX_READ else data.rfind(b"\n") + 1
-        text = data[:end].decode("utf-8", "replace")
-        lines = [_shown(line) for line in text.splitlines()]
+        text = data[:end].decode("utf-8", "replace").removesuffix("\n")
+        # only \n ends a line: a \r redraws it (str.splitlines would split there too)
+        lines = [_shown(line) for line in text.split("\n")] if text else []
         return lines, offset + end
 
 
