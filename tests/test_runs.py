@@ -87,7 +87,7 @@ def own(path: Path) -> None:
 
 
 @pytest.fixture
-def workspace(jde_tmp: Path, jde_base_image: str) -> Path:
+def jde_workspace(jde_tmp: Path, jde_base_image: str) -> Path:
     """A workspace with the test environment (the base image and ipykernel) and a config."""
     ws = jde_tmp / "ws"
     (ws / ENV).mkdir(parents=True)
@@ -102,7 +102,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
-def cli(workspace: Path, jde_tmp: Path, jde_engine: Engine) -> Cli:
+def jde_cli(jde_workspace: Path, jde_tmp: Path, jde_engine: Engine) -> Cli:
     """Run `jupyter-docker-env ARGS` in the workspace, as a user does (ok=False: may fail)."""
     home = jde_tmp / "home"
     env = {
@@ -115,10 +115,10 @@ def cli(workspace: Path, jde_tmp: Path, jde_engine: Engine) -> Cli:
     def run(
         *args: str, ok: bool = True, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
-        own(workspace)
+        own(jde_workspace)
         proc = subprocess.run(
             [CLI, *args],
-            cwd=cwd or workspace,
+            cwd=cwd or jde_workspace,
             env=env,
             capture_output=True,
             text=True,
@@ -196,7 +196,7 @@ def test_parameters_are_written_as_papermill_writes_them() -> None:
     assert executor.parameters_source(values) == PythonTranslator.codify(values)
 
 
-def test_command_line_parameters_follow_papermill(cli: Cli) -> None:
+def test_command_line_parameters_follow_papermill() -> None:
     from papermill.cli import _resolve_type
 
     from jupyter_docker_env.cli.runs import parameter_value
@@ -233,46 +233,48 @@ print("trained as uid", os.getuid(), "in", os.getcwd())
 
 @docker
 def test_a_script_run_writes_its_model_into_the_workspace(
-    cli: Cli, workspace: Path, jde_engine: Engine
+    jde_cli: Cli, jde_workspace: Path, jde_engine: Engine
 ) -> None:
-    (workspace / "train.py").write_text(TRAIN)
+    (jde_workspace / "train.py").write_text(TRAIN)
     # When the user runs the script in an environment from the command line
-    run = as_json(cli("run", ENV, "--json", "--", "python", "train.py", "--epochs", "3"))
-    # Then it succeeds and the model is in the workspace, the user's file
+    run = as_json(jde_cli("run", ENV, "--json", "--", "python", "train.py", "--epochs", "3"))
+    # Then it succeeds and the model is in the jde_workspace, the user's file
     assert (run["state"], run["exit_code"], run["attempt"]) == ("succeeded", 0, 1)
-    model = workspace / "models" / "model.pkl"
+    model = jde_workspace / "models" / "model.pkl"
     assert pickle.loads(model.read_bytes()) == {"weights": [0.5, 1.5], "epochs": 3}
     if os.geteuid() == 0:
         assert model.stat().st_uid == 1000
     log = Path(run["log"]).read_text()
-    assert f"trained as uid {1000 if os.geteuid() == 0 else os.getuid()} in {workspace}" in log
+    assert f"trained as uid {1000 if os.geteuid() == 0 else os.getuid()} in {jde_workspace}" in log
     assert run["finished"] >= run["started"] > 0
     # And the run is listed, its container gone, its record kept in the hidden runs folder
-    listed = json.loads(cli("runs", "--json").stdout)
+    listed = json.loads(jde_cli("runs", "--json").stdout)
     assert [r["id"] for r in listed] == [run["id"]]
     assert containers_of(jde_engine, run["id"]) == []
-    assert (workspace / ".docker-env" / "runs" / run["id"] / "run.json").is_file()
-    shown = as_json(cli("runs", "show", run["id"][:6], "--json"))
+    assert (jde_workspace / ".docker-env" / "runs" / run["id"] / "run.json").is_file()
+    shown = as_json(jde_cli("runs", "show", run["id"][:6], "--json"))
     assert shown["id"] == run["id"]
     assert shown["image"].startswith(f"{JDE_PREFIX}/runs-env:")
-    assert "python train.py --epochs 3" in cli("runs").stdout
+    assert "python train.py --epochs 3" in jde_cli("runs").stdout
 
 
 @docker
-def test_a_command_starts_in_the_folder_it_was_started_from(cli: Cli, workspace: Path) -> None:
-    (workspace / "sub").mkdir()
-    proc = cli(
+def test_a_command_starts_in_the_folder_it_was_started_from(
+    jde_cli: Cli, jde_workspace: Path
+) -> None:
+    (jde_workspace / "sub").mkdir()
+    proc = jde_cli(
         "run",
         "../" + ENV,
         "--",
         "python",
         "-c",
         "import os; print(os.getcwd())",
-        cwd=workspace / "sub",
+        cwd=jde_workspace / "sub",
     )
-    assert f"{workspace / 'sub'}\n" in proc.stdout
-    # the run belongs to the workspace above (it holds the environments), not to the subfolder
-    assert len(json.loads(cli("runs", "--json").stdout)) == 1
+    assert f"{jde_workspace / 'sub'}\n" in proc.stdout
+    # the run belongs to the jde_workspace above (it holds the environments), not to the subfolder
+    assert len(json.loads(jde_cli("runs", "--json").stdout)) == 1
 
 
 NOTEBOOK_CELLS = (
@@ -318,14 +320,14 @@ def comparable(nb: dict[str, Any]) -> dict[str, Any]:
 
 @docker
 def test_a_notebook_run_injects_its_parameters_as_papermill_does(
-    cli: Cli, workspace: Path, jde_tmp: Path
+    jde_cli: Cli, jde_workspace: Path, jde_tmp: Path
 ) -> None:
-    write_notebook(workspace / "train.ipynb", *NOTEBOOK_CELLS, tags={1: ["parameters"]})
+    write_notebook(jde_workspace / "train.ipynb", *NOTEBOOK_CELLS, tags={1: ["parameters"]})
     # When the notebook runs with parameters
     params = [arg for name, v in PARAMETERS.items() for arg in ("-p", name, str(v))]
-    run = as_json(cli("run", ENV, "train.ipynb", *params, "--json"))
+    run = as_json(jde_cli("run", ENV, "train.ipynb", *params, "--json"))
     assert run["state"] == "succeeded"
-    assert run["output"] == str(workspace / "runs" / f"train-{run['id']}.ipynb")
+    assert run["output"] == str(jde_workspace / "runs" / f"train-{run['id']}.ipynb")
     out = nbformat.read(run["output"], as_version=4)
     # Then the parameters are in a cell after the parameters cell, and the outputs are there
     assert out.cells[2].metadata.tags == ["injected-parameters"]
@@ -338,12 +340,12 @@ def test_a_notebook_run_injects_its_parameters_as_papermill_does(
     # And it is what papermill itself makes of the same notebook and parameters
     expected = jde_tmp / "papermill.ipynb"
     papermill.execute_notebook(
-        str(workspace / "train.ipynb"),
+        str(jde_workspace / "train.ipynb"),
         str(expected),
         parameters=PARAMETERS,
         kernel_name="python3",
         progress_bar=False,
-        cwd=str(workspace),
+        cwd=str(jde_workspace),
     )
     assert comparable(out) == comparable(nbformat.read(expected, as_version=4))
     # And the log shows the cells' output as they ran
@@ -354,29 +356,31 @@ def test_a_notebook_run_injects_its_parameters_as_papermill_does(
 
 @docker
 def test_a_failing_notebook_reports_the_traceback_and_keeps_the_notebook(
-    cli: Cli, workspace: Path, jde_tmp: Path
+    jde_cli: Cli, jde_workspace: Path, jde_tmp: Path
 ) -> None:
     cells = (
         *NOTEBOOK_CELLS,
         ("code", "raise ValueError('boom for ' + name)"),
         ("code", "print('never runs')"),
     )
-    write_notebook(workspace / "fails.ipynb", *cells, tags={1: ["parameters"]})
-    proc = cli("run", ENV, "fails.ipynb", "-p", "name", "Ada", "--output", "out/f.ipynb", ok=False)
+    write_notebook(jde_workspace / "fails.ipynb", *cells, tags={1: ["parameters"]})
+    proc = jde_cli(
+        "run", ENV, "fails.ipynb", "-p", "name", "Ada", "--output", "out/f.ipynb", ok=False
+    )
     assert proc.returncode == 1
     assert "ValueError: boom for Ada" in proc.stdout
     assert 'Exception encountered at "In [6]"' in proc.stdout
     assert "ValueError: boom for Ada (notebook cell In [6])" in proc.stderr
-    out = nbformat.read(workspace / "out" / "f.ipynb", as_version=4)
+    out = nbformat.read(jde_workspace / "out" / "f.ipynb", as_version=4)
     expected = jde_tmp / "papermill.ipynb"
     with pytest.raises(papermill.PapermillExecutionError):
         papermill.execute_notebook(
-            str(workspace / "fails.ipynb"),
+            str(jde_workspace / "fails.ipynb"),
             str(expected),
             parameters={"name": "Ada"},
             kernel_name="python3",
             progress_bar=False,
-            cwd=str(workspace),
+            cwd=str(jde_workspace),
         )
     assert comparable(out) == comparable(nbformat.read(expected, as_version=4))
     assert out.cells[0].metadata.tags == ["papermill-error-cell-tag"]
@@ -384,28 +388,30 @@ def test_a_failing_notebook_reports_the_traceback_and_keeps_the_notebook(
 
 
 @docker
-def test_a_failing_script_reports_its_exit_code_and_traceback(cli: Cli, workspace: Path) -> None:
-    (workspace / "bad.py").write_text("print('loading')\nraise RuntimeError('no data here')\n")
-    proc = cli("run", ENV, "--json", "--", "python", "bad.py", ok=False)
+def test_a_failing_script_reports_its_exit_code_and_traceback(
+    jde_cli: Cli, jde_workspace: Path
+) -> None:
+    (jde_workspace / "bad.py").write_text("print('loading')\nraise RuntimeError('no data here')\n")
+    proc = jde_cli("run", ENV, "--json", "--", "python", "bad.py", ok=False)
     assert proc.returncode == 1
     run = as_json(proc)
     assert (run["state"], run["exit_code"], run["reason"]) == ("failed", 1, "exit code 1")
     log = Path(run["log"]).read_text()
     assert "Traceback (most recent call last)" in log
     assert "RuntimeError: no data here" in log
-    proc = cli("run", ENV, "--", "sh", "-c", "exit 7", ok=False)
+    proc = jde_cli("run", ENV, "--", "sh", "-c", "exit 7", ok=False)
     assert proc.returncode == 7
-    proc = cli("run", ENV, "--", "no-such-program", ok=False)
+    proc = jde_cli("run", ENV, "--", "no-such-program", ok=False)
     assert proc.returncode == 127
     assert "command not found: no-such-program" in proc.stdout
 
 
 @docker
 def test_cancel_stops_the_run_and_keeps_its_partial_log_and_notebook(
-    cli: Cli, workspace: Path, jde_engine: Engine
+    jde_cli: Cli, jde_workspace: Path, jde_engine: Engine
 ) -> None:
     write_notebook(
-        workspace / "long.ipynb",
+        jde_workspace / "long.ipynb",
         ("code", "print('first cell done')"),
         (
             "code",
@@ -415,14 +421,14 @@ def test_cancel_stops_the_run_and_keeps_its_partial_log_and_notebook(
         ("code", "print('never')"),
         tags={},
     )
-    run_id = cli("run", ENV, "long.ipynb", "--detach").stdout.strip()
-    log = workspace / ".docker-env" / "runs" / run_id / "run.log"
+    run_id = jde_cli("run", ENV, "long.ipynb", "--detach").stdout.strip()
+    log = jde_workspace / ".docker-env" / "runs" / run_id / "run.log"
     wait_for(lambda: "tick 3" in log.read_text(), what="the notebook to tick")
     # When the user cancels it
-    proc = cli("runs", "cancel", run_id)
+    proc = jde_cli("runs", "cancel", run_id)
     assert "cancelled" in proc.stdout
     # Then it is cancelled, its container is gone, and what it computed is kept
-    run = as_json(cli("runs", "show", run_id, "--json"))
+    run = as_json(jde_cli("runs", "show", run_id, "--json"))
     assert run["state"] == "cancelled"
     assert containers_of(jde_engine, run_id) == []
     assert "tick 3" in log.read_text()
@@ -430,16 +436,16 @@ def test_cancel_stops_the_run_and_keeps_its_partial_log_and_notebook(
     assert out.cells[0].outputs[0].text == "first cell done\n"
     assert "tick 3" in "".join(o.get("text", "") for o in out.cells[1].outputs)
     assert out.cells[2].outputs == []
-    cli("runs", "rm", run_id)
+    jde_cli("runs", "rm", run_id)
     assert not log.parent.exists()
     assert Path(run["output"]).is_file()  # the executed notebook is the user's, it stays
 
 
 @docker
-def test_a_run_past_its_time_limit_is_timed_out(cli: Cli) -> None:
+def test_a_run_past_its_time_limit_is_timed_out(jde_cli: Cli) -> None:
     start = time.monotonic()
     code = "import time; print('sleeping', flush=True); time.sleep(120)"
-    proc = cli("run", ENV, "--timeout", "2", "--json", "--", "python", "-c", code, ok=False)
+    proc = jde_cli("run", ENV, "--timeout", "2", "--json", "--", "python", "-c", code, ok=False)
     assert time.monotonic() - start < 60
     assert proc.returncode == 124
     run = as_json(proc)
@@ -459,23 +465,25 @@ sys.exit(0 if n >= int(sys.argv[1]) else 3)
 
 
 @docker
-def test_failed_attempts_are_retried_and_counted(cli: Cli, workspace: Path) -> None:
-    (workspace / "flaky.py").write_text(FLAKY)
-    run = as_json(cli("run", ENV, "--retries", "3", "--json", "--", "python", "flaky.py", "3"))
+def test_failed_attempts_are_retried_and_counted(jde_cli: Cli, jde_workspace: Path) -> None:
+    (jde_workspace / "flaky.py").write_text(FLAKY)
+    run = as_json(jde_cli("run", ENV, "--retries", "3", "--json", "--", "python", "flaky.py", "3"))
     assert (run["state"], run["attempt"], run["exit_code"]) == ("succeeded", 3, 0)
     log = Path(run["log"]).read_text()
     assert "Attempt 1 failed (exit code 3); retrying" in log
     # A run that never succeeds fails after its last attempt
-    (workspace / "tries").rename(workspace / "tries-before")
-    proc = cli("run", ENV, "--retries", "1", "--json", "--", "python", "flaky.py", "9", ok=False)
+    (jde_workspace / "tries").rename(jde_workspace / "tries-before")
+    proc = jde_cli(
+        "run", ENV, "--retries", "1", "--json", "--", "python", "flaky.py", "9", ok=False
+    )
     run = as_json(proc)
     assert (run["state"], run["attempt"], run["exit_code"]) == ("failed", 2, 3)
 
 
 @docker
-def test_a_run_out_of_memory_says_so(cli: Cli) -> None:
+def test_a_run_out_of_memory_says_so(jde_cli: Cli) -> None:
     hog = "x = []\nwhile True:\n    x.append(bytearray(16 * 1024 * 1024))"
-    proc = cli("run", ENV, "--memory", "96m", "--json", "--", "python", "-c", hog, ok=False)
+    proc = jde_cli("run", ENV, "--memory", "96m", "--json", "--", "python", "-c", hog, ok=False)
     run = as_json(proc)
     assert (run["state"], run["oom_killed"], run["memory"]) == ("failed", True, "96m")
     assert "out of memory (limit 96m)" in run["reason"]
@@ -483,15 +491,15 @@ def test_a_run_out_of_memory_says_so(cli: Cli) -> None:
 
 
 @docker
-def test_a_run_of_an_unbuilt_environment_builds_it_first(cli: Cli, workspace: Path) -> None:
-    fresh = workspace / "environments" / "fresh"
+def test_a_run_of_an_unbuilt_environment_builds_it_first(jde_cli: Cli, jde_workspace: Path) -> None:
+    fresh = jde_workspace / "environments" / "fresh"
     fresh.mkdir()
     # this session's own spec: nothing was built for it before
-    spec = (workspace / ENV / "docker-env.toml").read_text()
+    spec = (jde_workspace / ENV / "docker-env.toml").read_text()
     (fresh / "docker-env.toml").write_text(
         spec.replace("runs-env", "runs-fresh") + f'env = {{ JDE_RUN = "{uuid.uuid4().hex}" }}\n'
     )
-    proc = cli("run", "environments/fresh", "--", "sh", "-c", 'echo "built with $JDE_RUN"')
+    proc = jde_cli("run", "environments/fresh", "--", "sh", "-c", 'echo "built with $JDE_RUN"')
     # (not built yet, or changed since an earlier session built it)
     assert re.search(
         r"Environment runs-fresh (is not built yet|changed since its last build): "
@@ -504,9 +512,9 @@ def test_a_run_of_an_unbuilt_environment_builds_it_first(cli: Cli, workspace: Pa
 
 @docker
 def test_a_snapshot_run_brings_its_code_and_hands_back_what_it_wrote(
-    cli: Cli, workspace: Path, jde_engine: Engine
+    jde_cli: Cli, jde_workspace: Path, jde_engine: Engine
 ) -> None:
-    project = workspace / "project"
+    project = jde_workspace / "project"
     (project / "data").mkdir(parents=True)
     (project / "train.py").write_text(
         "import os\n"
@@ -515,13 +523,13 @@ def test_a_snapshot_run_brings_its_code_and_hands_back_what_it_wrote(
         "open('models/m.bin', 'w').write('weights')\n"
     )
     (project / "data" / "big.bin").write_bytes(b"\0" * 1000)  # not code: stays out
-    (workspace / "secret.txt").write_text("not for the run")
+    (jde_workspace / "secret.txt").write_text("not for the run")
     run = as_json(
-        cli("run", "../" + ENV, "--snapshot", "--json", "--", "python", "train.py", cwd=project)
+        jde_cli("run", "../" + ENV, "--snapshot", "--json", "--", "python", "train.py", cwd=project)
     )
     assert run["state"] == "succeeded"
     log = Path(run["log"]).read_text()
-    assert "outside visible: False" in log  # the workspace is not mounted
+    assert "outside visible: False" in log  # the jde_workspace is not mounted
     assert (project / "models" / "m.bin").read_text() == "weights"  # handed back
     image = jde_engine.inspect_image(run["image"])
     assert image is not None
@@ -532,7 +540,7 @@ def test_a_snapshot_run_brings_its_code_and_hands_back_what_it_wrote(
     assert "big.bin" not in listing
     # the same code again reuses the run image
     again = as_json(
-        cli("run", "../" + ENV, "--snapshot", "--json", "--", "python", "train.py", cwd=project)
+        jde_cli("run", "../" + ENV, "--snapshot", "--json", "--", "python", "train.py", cwd=project)
     )
     assert again["image"] == run["image"]
     assert "(unchanged code: reused)" in Path(again["log"]).read_text()
@@ -766,18 +774,18 @@ class Server:
 
 
 @pytest.fixture
-def server(workspace: Path, jde_tmp: Path, jde_engine: Engine) -> Iterator[Server]:
-    srv = Server(workspace, jde_tmp / "home")
+def jde_server(jde_workspace: Path, jde_tmp: Path, jde_engine: Engine) -> Iterator[Server]:
+    srv = Server(jde_workspace, jde_tmp / "home")
     yield srv
     srv.stop()
 
 
 @docker
 def test_runs_survive_a_server_killed_with_sigkill(
-    server: Server, workspace: Path, jde_engine: Engine
+    jde_server: Server, jde_workspace: Path, jde_engine: Engine
 ) -> None:
-    own(workspace)
-    server.start()
+    own(jde_workspace)
+    jde_server.start()
     # Given two runs: one ends while no server runs, the other after the next one started
     short = "import time; print('short begins', flush=True); time.sleep(3); print('short ends')"
     long = (
@@ -785,17 +793,17 @@ def test_runs_survive_a_server_killed_with_sigkill(
         "open('long.txt', 'w').write('done'); print('long ends')"
     )
     runs = [
-        server.call("POST", "runs", {"env": "runs-env", "command": ["python", "-c", code]})
+        jde_server.call("POST", "runs", {"env": "runs-env", "command": ["python", "-c", code]})
         for code in (short, long)
     ]
 
     def both_running() -> bool:
-        states = [server.call("GET", f"runs/{r['id']}")["state"] for r in runs]
+        states = [jde_server.call("GET", f"runs/{r['id']}")["state"] for r in runs]
         return states == ["running", "running"]
 
     wait_for(both_running, 300, "both runs to start")
     # When the server is killed with -9
-    server.kill()
+    jde_server.kill()
     # Then the runs go on without it; the short one ends while no server runs
     short_container, long_container = (containers_of(jde_engine, r["id"])[0]["Id"] for r in runs)
     wait_for(
@@ -805,19 +813,19 @@ def test_runs_survive_a_server_killed_with_sigkill(
     )
     assert (jde_engine.inspect_container(long_container) or {})["State"]["Running"]
     # And the restarted server shows how each ended, with its whole log
-    server.start()
+    jde_server.start()
 
     def ended(run_id: str) -> dict[str, Any] | None:
-        run: dict[str, Any] = server.call("GET", f"runs/{run_id}")
+        run: dict[str, Any] = jde_server.call("GET", f"runs/{run_id}")
         return run if run["state"] in FINAL else None
 
     first = wait_for(lambda: ended(runs[0]["id"]), 30, "the short run's record")
     assert (first["state"], first["exit_code"]) == ("succeeded", 0)
-    log = server.call("GET", f"runs/{runs[0]['id']}/log")["log"]
+    log = jde_server.call("GET", f"runs/{runs[0]['id']}/log")["log"]
     assert "short begins" in log
     assert "short ends" in log
     second = wait_for(lambda: ended(runs[1]["id"]), 60, "the long run to end")
     assert second["state"] == "succeeded"
-    assert (workspace / "long.txt").read_text() == "done"
-    assert "long ends" in server.call("GET", f"runs/{runs[1]['id']}/log")["log"]
+    assert (jde_workspace / "long.txt").read_text() == "done"
+    assert "long ends" in jde_server.call("GET", f"runs/{runs[1]['id']}/log")["log"]
     assert all(not containers_of(jde_engine, r["id"]) for r in runs)
