@@ -28,7 +28,6 @@ from typing import Any
 import nbformat
 import papermill
 import pytest
-from jupyter_server.auth import Authorizer
 from papermill.translators import PythonTranslator
 
 from jupyter_docker_env.engine import Engine
@@ -660,50 +659,6 @@ async def test_bad_run_requests_are_400s_naming_the_field(jp_fetch: Any, jp_root
         err = await api(jp_fetch, "runs", "POST", body, expect=400)
         assert err["field"] == field, body
     await api(jp_fetch, "runs/0123456789ab/log", params={"offset": "x"}, expect=400)
-
-
-class ReadOnly(Authorizer):
-    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
-        return not (resource == "docker_env" and action != "read")
-
-
-class NoCode(Authorizer):
-    """May manage environments but not execute code."""
-
-    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
-        return not (resource == "kernels" and action == "execute")
-
-
-@docker
-async def test_runs_need_an_authorized_user(jp_fetch: Any, jp_serverapp: Any) -> None:
-    for method, path in (
-        ("GET", "runs"),
-        ("POST", "runs"),
-        ("GET", "runs/0123456789ab"),
-        ("DELETE", "runs/0123456789ab"),
-        ("GET", "runs/0123456789ab/log"),
-        ("POST", "runs/0123456789ab/cancel"),
-    ):
-        resp = await jp_fetch(
-            API,
-            *path.split("/"),
-            method=method,
-            raise_error=False,
-            headers={"Authorization": "token wrong"},
-            **({"body": "{}"} if method == "POST" else {}),
-        )
-        assert resp.code == 403, (method, path)
-    settings = jp_serverapp.web_app.settings
-    body = {"env": "runs-env", "command": ["true"]}
-    for authorizer in (ReadOnly, NoCode):
-        settings["authorizer"] = authorizer(
-            parent=jp_serverapp, identity_provider=settings["identity_provider"]
-        )
-        await api(jp_fetch, "runs", "POST", body, expect=403)
-    settings["authorizer"] = ReadOnly(
-        parent=jp_serverapp, identity_provider=settings["identity_provider"]
-    )
-    assert (await api(jp_fetch, "runs"))["runs"] == []
 
 
 # -- runs outlive the server -------------------------------------------------------------------

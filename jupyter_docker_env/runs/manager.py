@@ -329,7 +329,7 @@ class RunManager(LoggingConfigurable):
             await self._end(run.id, "failed", f"environment {env.name} is invalid: {env.error}")
             return None
         if env.state == "built" and env.image is not None and env.spec_hash:
-            return env.image.tag, env.image.id, env.spec_hash, env.gpu
+            return env.image.tag, env.image.id, env.spec_hash, bool(env.spec and env.spec.gpu)
         await self._blocking(
             self._say,
             run.id,
@@ -358,7 +358,7 @@ class RunManager(LoggingConfigurable):
             return None
         result = op.result
         await self._blocking(self._say, run.id, f"Environment {env.name} is ready: {result.image}")
-        return result.image, result.image_id, result.spec_hash, env.gpu
+        return result.image, result.image_id, result.spec_hash, bool(env.spec and env.spec.gpu)
 
     def _follow_build(self, run_id: str, op: Operation) -> None:
         """The build's log in the run's log (a build already running is joined from its start)."""
