@@ -112,5 +112,6 @@ def test_panel_main_path_in_a_real_browser(
     assert result.returncode == 0, (
         result.stdout[-5000:] + result.stderr[-3000:] + (jde_tmp / "lab.log").read_text()[-3000:]
     )
-    for shot in ("panel-building.png", "panel-built.png", "panel-lock.png", "panel-shared.png"):
+    shots = ("panel-building.png", "panel-built.png", "panel-lock.png", "panel-shared.png")
+    for shot in (*shots, "panel-runs.png"):
         assert (UI / "screenshots" / shot).is_file()

@@ -1,6 +1,18 @@
 import * as path from 'path';
 
-import { APIRequestContext, expect, Page, test } from '@playwright/test';
+import { APIRequestContext, expect, test } from '@playwright/test';
+
+import {
+  API_URL,
+  AUTH,
+  BASE_URL,
+  BUILD_TIMEOUT,
+  hideNotifications,
+  openLab,
+  openPanel,
+  SCREENSHOTS,
+  widenSidebar
+} from './lab';
 
 /*
  * The main path through the panel, against a real JupyterLab with jupyter-docker-env and a real
@@ -8,57 +20,12 @@ import { APIRequestContext, expect, Page, test } from '@playwright/test';
  * the code runs in a container that sees the workspace.
  */
 
-const LAB_URL = process.env.JDE_LAB_URL ?? 'http://127.0.0.1:8888/lab';
-const TOKEN = process.env.JDE_LAB_TOKEN ?? '';
 /** Optional pip packages for the test environment, comma separated (none by default). */
 const PIP = (process.env.JDE_UITEST_PIP ?? '')
   .split(',')
   .map(p => p.trim())
   .filter(p => p);
 const ENV_NAME = 'uitest';
-const BUILD_TIMEOUT = 300_000;
-const SCREENSHOTS = path.join(__dirname, '..', 'screenshots');
-
-/** The server's base URL: the lab URL less its trailing `lab`. */
-const BASE_URL = LAB_URL.replace(/\/lab\/?(\?.*)?$/, '/');
-const API_URL = `${BASE_URL}jupyter-docker-env/api/`;
-const AUTH = TOKEN ? { Authorization: `token ${TOKEN}` } : undefined;
-
-async function openLab(page: Page): Promise<void> {
-  const url = new URL(LAB_URL);
-  if (TOKEN) {
-    url.searchParams.set('token', TOKEN);
-  }
-  // A fresh layout, whatever earlier runs left open.
-  url.searchParams.set('reset', '');
-  await page.goto(url.toString());
-  await page.locator('#jupyterlab-splash').waitFor({ state: 'detached' });
-  await page.locator('.jp-LabShell').waitFor();
-}
-
-/** Hides notifications (such as the news opt-in) that would cover part of a screenshot. */
-async function hideNotifications(page: Page): Promise<void> {
-  await page.addStyleTag({
-    content: '.Toastify { display: none !important; }'
-  });
-}
-
-/** Drags the left sidebar's edge so that the panel is `width` pixels wide (for the screenshots). */
-async function widenSidebar(page: Page, width: number): Promise<void> {
-  const sidebar = await page.locator('#jp-left-stack').boundingBox();
-  const handle = page
-    .locator('#jp-main-split-panel > .lm-SplitPanel-handle')
-    .first();
-  const box = await handle.boundingBox();
-  if (!sidebar || !box) {
-    return;
-  }
-  const y = box.y + box.height / 2;
-  await page.mouse.move(box.x + box.width / 2, y);
-  await page.mouse.down();
-  await page.mouse.move(sidebar.x + width, y, { steps: 5 });
-  await page.mouse.up();
-}
 
 /** Shuts down the kernels of an environment, if it exists. */
 async function shutDownKernelsOf(
@@ -102,13 +69,7 @@ test('create, build and use an environment from the panel', async ({
   await hideNotifications(page);
 
   // When the user opens the sidebar panel
-  const tab = page.locator(
-    '.jp-SideBar .lm-TabBar-tab[data-id="jupyter-docker-env-panel"]'
-  );
-  // Clicking the tab of the open panel would close it.
-  if (!/lm-mod-current/.test((await tab.getAttribute('class')) ?? '')) {
-    await tab.click();
-  }
+  await openPanel(page);
   const panel = page.getByTestId('docker-env-panel');
   await expect(panel).toBeVisible();
   await widenSidebar(page, 380);
