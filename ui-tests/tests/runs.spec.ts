@@ -121,6 +121,8 @@ test('run the open notebook with parameters from the panel', async ({
   await expect(item.getByTestId('run-state')).toHaveText('succeeded');
   await expect(item.getByTestId('run-log')).toContainText('hello Ada 0.5');
   await expect(item.getByTestId('run-duration')).toHaveText(/\d s$/);
+  // and the card shows the environment the run built
+  await expect(card.getByTestId('env-state')).toHaveText('built');
 
   // When the user opens the executed notebook
   await item.getByTestId('run-open-output').click();

@@ -91,6 +91,7 @@ export function EnvCard(props: IEnvCardProps): JSX.Element {
     actions,
     busy,
     run,
+    refreshEnv: async () => onChanged(await api.getEnv(env.name)),
     startOperation
   };
 

@@ -66,6 +66,7 @@ export function RunItem(props: IRunItemProps): JSX.Element {
     intervalMs: 1000
   });
   const active = DockerEnv.isRunActive(run);
+  const output = run.output;
   const attempts = run.retries
     ? ` · attempt ${run.attempt} of ${run.retries + 1}`
     : '';
@@ -105,11 +106,11 @@ export function RunItem(props: IRunItemProps): JSX.Element {
         <ErrorMessage testid="run-reason">{run.reason}</ErrorMessage>
       )}
       <div className="jp-DockerEnv-buttons">
-        {run.output && run.state !== 'queued' && (
+        {output && run.state !== 'queued' && (
           <Button
             kind="link"
             testid="run-open-output"
-            onClick={() => props.onOpen(run.output!)}
+            onClick={() => props.onOpen(output)}
           >
             Open executed notebook
           </Button>

@@ -93,10 +93,27 @@ function RunsBody(props: IEnvSectionProps): JSX.Element {
     }
   };
 
+  /** A run that ended may have built the environment first: the card shows it built. */
+  const finished = async (): Promise<void> => {
+    await load();
+    if (env.state !== 'built') {
+      await props.refreshEnv();
+      await actions.refreshKernelSpecs();
+    }
+  };
+
+  /** A new run may build the environment first: the card follows that build. */
+  const started = (next: DockerEnv.IRun): void => {
+    replace(next);
+    if (env.state !== 'built') {
+      window.setTimeout(() => void props.refreshEnv(), 1000);
+    }
+  };
+
   const shown = (runs ?? []).slice(0, SHOWN);
   return (
     <>
-      <RunForm {...props} onStarted={replace} />
+      <RunForm {...props} onStarted={started} />
       {error && <ErrorMessage testid="runs-error">{error}</ErrorMessage>}
       {runs !== null && runs.length === 0 && (
         <Note testid="no-runs">No runs of {env.name} yet.</Note>
@@ -113,10 +130,10 @@ function RunsBody(props: IEnvSectionProps): JSX.Element {
               void run(async () => replace(await api.cancelRun(item.id)))
             }
             onRerun={() =>
-              void run(async () => replace(await api.createRun(again(item))))
+              void run(async () => started(await api.createRun(again(item))))
             }
             onRemove={() => void remove(item)}
-            onFinished={() => void load()}
+            onFinished={() => void finished()}
           />
         ))}
       </ul>

@@ -34,6 +34,8 @@ export interface IEnvSectionProps {
    * field's error yourself to show it next to that field).
    */
   run: (action: () => Promise<void>) => Promise<void>;
+  /** Fetches the environment again, after something else changed it (a run built it). */
+  refreshEnv: () => Promise<void>;
   /** Starts a build, push or pull and follows it in the card's operation view. */
   startOperation: (start: () => Promise<DockerEnv.IOperation>) => Promise<void>;
 }
