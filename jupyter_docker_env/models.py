@@ -6,6 +6,7 @@ module never hands another a loose dict, and the states live in one place.
 
 from __future__ import annotations
 
+import keyword
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -360,7 +361,7 @@ class RunRequest:
         if not isinstance(parameters, dict):
             raise FieldError("parameters", "must be an object of names and values")
         for name in parameters:
-            if not name.isidentifier():
+            if not name.isidentifier() or keyword.iskeyword(name):
                 raise FieldError("parameters", f"{name!r} is not a valid variable name")
         if parameters and not notebook:
             raise FieldError("parameters", "parameters are for notebook runs")

@@ -8,6 +8,7 @@ image is built once and reused.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -17,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -204,6 +206,24 @@ def test_command_line_parameters_follow_papermill() -> None:
         assert parameter_value(text) == _resolve_type(text) or text == "nan", text
 
 
+def test_parameters_come_in_papermills_order(tmp_path: Path) -> None:
+    from jupyter_docker_env.cli.runs import parameters_for
+
+    (tmp_path / "params.yaml").write_text("a: x\nb: 1\nwhen: 2024-01-02\n")
+    args = argparse.Namespace(
+        parameters_file=[str(tmp_path / "params.yaml")],
+        parameters_yaml=["b: 2\nc: [1, 2]"],
+        parameter=[["c", "3"], ["e", "None"]],
+        parameter_raw=[["d", "4"]],
+    )
+    expected = {"a": "x", "b": 2, "when": "2024-01-02", "c": 3, "e": None, "d": "4"}
+    assert parameters_for(args) == expected
+    args.parameters_yaml = ["- not a mapping"]
+    with pytest.raises(FieldError) as err:
+        parameters_for(args)
+    assert err.value.field == "parameters"
+
+
 def test_the_log_reads_whole_lines_from_an_offset(tmp_path: Path) -> None:
     store = RunStore(tmp_path, ".docker-env/runs")
     store.root.mkdir(parents=True)
@@ -218,6 +238,21 @@ def test_the_log_reads_whole_lines_from_an_offset(tmp_path: Path) -> None:
     lines, end = store.read_log("0123456789ab", offset, final=False)
     assert lines == ["partial line"]
     assert store.read_log("0123456789ab", end, final=True) == ([], end)
+
+
+def test_one_process_records_how_a_run_ended(tmp_path: Path) -> None:
+    store = RunStore(tmp_path, ".docker-env/runs")
+    (store.root / "0123456789ab").mkdir(parents=True)
+    alive = {"host:1": True, "host:2": True}
+    # the first to ask records it; another waits while the first lives
+    assert store.claim("0123456789ab", "host:1", alive.__getitem__)
+    assert store.claim("0123456789ab", "host:1", alive.__getitem__)
+    assert not store.claim("0123456789ab", "host:2", alive.__getitem__)
+    # and takes over when it died on the way
+    alive["host:1"] = False
+    assert store.claim("0123456789ab", "host:2", alive.__getitem__)
+    store.release("0123456789ab")
+    assert store.claim("0123456789ab", "host:1", alive.__getitem__)
 
 
 # -- the command line against the engine -------------------------------------------------------
@@ -784,3 +819,30 @@ def test_runs_survive_a_server_killed_with_sigkill(
     assert (jde_workspace / "long.txt").read_text() == "done"
     assert "long ends" in jde_server.call("GET", f"runs/{runs[1]['id']}/log")["log"]
     assert all(not containers_of(jde_engine, r["id"]) for r in runs)
+
+
+@docker
+def test_a_run_followed_by_the_cli_and_a_server_ends_once(
+    jde_server: Server, jde_cli: Cli, jde_workspace: Path
+) -> None:
+    own(jde_workspace)
+    jde_server.start()
+    code = "import time; print('working', flush=True); time.sleep(4)"
+    done: list[subprocess.CompletedProcess[str]] = []
+    thread = threading.Thread(
+        target=lambda: done.append(jde_cli("run", ENV, "--json", "--", "python", "-c", code))
+    )
+    thread.start()
+    # the server finds the run the command line follows, and follows it too
+    listed = wait_for(
+        lambda: [r for r in jde_server.call("GET", "runs")["runs"] if r["state"] == "running"],
+        120,
+        "the server to list the running run",
+    )
+    thread.join(120)
+    run = as_json(done[0])
+    assert (run["id"], run["state"]) == (listed[0]["id"], "succeeded")
+    ended = wait_for(lambda: jde_server.call("GET", f"runs/{run['id']}")["state"] in FINAL, 30)
+    assert ended
+    log = Path(run["log"]).read_text()
+    assert log.count("[docker-env] Run succeeded") == 1, log

@@ -47,6 +47,15 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def emit_record(data: dict[str, Any], as_json: bool) -> None:
+    """One JSON object, or `key: value` lines."""
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+
+
 def follow(
     args: argparse.Namespace,
     start: Callable[
@@ -113,11 +122,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     finally:
         envs.close()
     data = {**env.to_json(), "folder": str(loc.folder)}
-    if args.json:
-        emit_json(data)
-    else:
-        for key, value in data.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    emit_record(data, args.json)
     return 0
 
 

@@ -20,12 +20,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
 from ..config import load_settings
 from ..containers.placement import working_dir_in
 from ..kernels.resources import parse_cpus
 from ..models import FieldError, Run, RunRequest
 from ..runs.manager import RunManager
-from .environments import emit_json, manager
+from .environments import emit_json, emit_record, manager
 
 
 def workspace_for(args: argparse.Namespace, env_dirs: list[str]) -> Path:
@@ -69,6 +71,35 @@ def parameter_value(value: str) -> Any:
     return value
 
 
+def _yaml_parameters(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise FieldError("parameters", f"{where} is not YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FieldError("parameters", f"{where} must hold name: value pairs")
+    # as JSON values (a date stays the text it was written as)
+    return json.loads(json.dumps(data, default=str))  # type: ignore[no-any-return]
+
+
+def parameters_for(args: argparse.Namespace) -> dict[str, Any]:
+    """Notebook parameters in papermill's order: -f files, -y YAML, -p values, -r raw text."""
+    parameters: dict[str, Any] = {}
+    for path in args.parameters_file or []:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise FieldError("parameters", f"cannot read {path}: {exc}") from None
+        parameters.update(_yaml_parameters(text, path))
+    for text in args.parameters_yaml or []:
+        parameters.update(_yaml_parameters(text, "-y"))
+    parameters.update({name: parameter_value(v) for name, v in args.parameter or []})
+    parameters.update(dict(args.parameter_raw or []))
+    return parameters
+
+
 def _relative(workspace: Path, path: str, what: str) -> str:
     inside = working_dir_in(str(workspace), os.path.abspath(path))
     if inside is None:
@@ -96,7 +127,7 @@ def request_for(args: argparse.Namespace, runs: RunManager, env: str) -> RunRequ
         "env": env,
         "command": command,
         "notebook": _relative(ws, notebook, "notebook") if notebook else None,
-        "parameters": {name: parameter_value(v) for name, v in args.parameter or []},
+        "parameters": parameters_for(args),
         "output": _relative(ws, args.output, "output") if args.output else None,
         "cwd": _relative(ws, os.getcwd(), "cwd"),
         "cpus": args.cpus,
@@ -233,12 +264,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         run = asyncio.run(runs.get(args.id))
     finally:
         close(runs)
-    data = shown(run, runs.workspace)
-    if args.json:
-        emit_json(data)
-    else:
-        for key, value in data.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    emit_record(shown(run, runs.workspace), getattr(args, "json", False))
     return 0
 
 
@@ -327,6 +353,24 @@ def register(sub: Any) -> None:
         action="append",
         metavar=("NAME", "VALUE"),
         help="a notebook parameter (papermill's rules: True, False, None, numbers, else text)",
+    )
+    r.add_argument(
+        "-r",
+        "--parameter-raw",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="a notebook parameter taken as text",
+    )
+    r.add_argument(
+        "-f",
+        "--parameters-file",
+        action="append",
+        metavar="FILE",
+        help="a YAML file of notebook parameters",
+    )
+    r.add_argument(
+        "-y", "--parameters-yaml", action="append", metavar="YAML", help="parameters as YAML"
     )
     r.add_argument("--output", help="the executed notebook (default: runs/NAME-ID.ipynb beside it)")
     r.add_argument("--detach", action="store_true", help="start it and return its id")

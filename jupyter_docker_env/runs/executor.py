@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -419,12 +420,12 @@ class NotebookRunner:
                 f"{reply.get('ename')}: {reply.get('evalue')} "
                 f"(notebook cell In [{cell.get('execution_count')}])"
             )
-            traceback = "\n".join(reply.get("traceback") or [])
-            self.run.log.write(
+            lines = "\n".join(reply.get("traceback") or [])
+            self.run.log.write(  # as papermill says it
                 (
                     f"\n{75 * '-'}\n"
                     f'Exception encountered at "In [{cell.get("execution_count")}]":\n'
-                    f"{ANSI.sub('', traceback)}\n"
+                    f"{ANSI.sub('', lines)}\n"
                 ).encode()
             )
             return True
@@ -599,4 +600,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    try:
+        sys.exit(main(sys.argv))
+    except Exception:  # a fault of this program: the container's output keeps the traceback
+        traceback.print_exc()
+        sys.exit(1)

@@ -510,10 +510,22 @@ class RunManager(LoggingConfigurable):
         return time.time() > run.started + limit + self.stop_timeout + 30
 
     async def _finish(self, run_id: str, state: ContainerState | None) -> Run:
-        """Record how a run whose container exited ended, and remove the container."""
-        run = await self._load(run_id)
-        if not run.active:
-            return run
+        """Record how a run whose container exited ended, and remove the container (once,
+        whoever else follows the run)."""
+        while True:
+            run = await self._load(run_id)
+            if not run.active:
+                return run
+            if await self._blocking(self.store.claim, run_id, self.me, _alive):
+                break
+            await asyncio.sleep(0.2)  # another process records it
+        try:
+            return await self._record_end(run, state)
+        finally:
+            await self._blocking(self.store.release, run_id)
+
+    async def _record_end(self, run: Run, state: ContainerState | None) -> Run:
+        run_id = run.id
         status = await self._blocking(self.store.status, run_id)
         attempts = status.get("attempts") or []
         last = attempts[-1] if attempts and isinstance(attempts[-1], dict) else {}
@@ -533,8 +545,9 @@ class RunManager(LoggingConfigurable):
             final, reason = "failed", self._out_of_memory(run)
         else:
             final, reason = "failed", status.get("error") or f"exit code {code}"
-        if not status and state is not None and code != 0 and run.container_id:
-            # the executor never started: the container's own output says why
+        crashed = not status or status.get("running")
+        if crashed and state is not None and code != 0 and not oom and run.container_id:
+            # the executor did not start, or died: the container's own output says why
             output = await self.backend.logs(run.container_id, tail=50)
             if output.strip():
                 await self._blocking(self.store.append_log, run_id, output.rstrip("\n") + "\n")

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..models import Run
 RECORD = "run.json"
 LOG = "run.log"
 STATUS = "status.json"
+ENDING = ".ending"  # held by the process recording how the run ended
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 #: Most log bytes one read returns; the next read goes on from its offset.
 MAX_READ = 1024 * 1024
@@ -120,6 +122,28 @@ class RunStore:
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
+
+    def claim(self, run_id: str, me: str, alive: Callable[[str], bool]) -> bool:
+        """Whether ``me`` may record how the run ended: the first process to ask, or any once
+        the one that asked died (two processes that both follow a run write its end once)."""
+        path = self.folder(run_id) / ENDING
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                owner = path.read_text()
+            except FileNotFoundError:
+                return False  # released just now: the record says how it ended
+            if owner == me or alive(owner):
+                return owner == me
+            path.unlink(missing_ok=True)  # its owner died while recording: take over
+            return self.claim(run_id, me, alive)
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+
+    def release(self, run_id: str) -> None:
+        (self.folder(run_id) / ENDING).unlink(missing_ok=True)
 
     def remove(self, run_id: str) -> None:
         shutil.rmtree(self.folder(run_id), ignore_errors=True)
