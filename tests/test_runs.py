@@ -531,6 +531,17 @@ def test_a_run_out_of_memory_says_so(jde_cli: Cli) -> None:
 
 
 @docker
+def test_a_run_asking_for_gpus_on_an_engine_without_them_says_what_to_install(
+    jde_cli: Cli,
+) -> None:
+    proc = jde_cli("run", ENV, "--gpus", "all", "--json", "--", "true", ok=False)
+    run = as_json(proc)
+    assert (run["state"], run["exit_code"]) == ("failed", None)
+    assert "NVIDIA Container Toolkit" in run["reason"]
+    assert proc.returncode == 1
+
+
+@docker
 def test_a_run_of_an_unbuilt_environment_builds_it_first(jde_cli: Cli, jde_workspace: Path) -> None:
     fresh = jde_workspace / "environments" / "fresh"
     fresh.mkdir()
