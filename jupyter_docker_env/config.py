@@ -57,6 +57,14 @@ class DockerEnvConfig(LoggingConfigurable):
         help="The service that starts, follows, cancels and removes training runs (a subclass "
         "of RunManager).",
     )
+    serving_manager_class = Type(
+        default_value="jupyter_docker_env.serving.manager.ServingManager",
+        klass="jupyter_docker_env.serving.manager.ServingManager",
+        config=True,
+        help="The service that builds, lists, pushes, removes and runs serving images: an "
+        "environment's runtime with a model and a handler behind an HTTP server (a subclass "
+        "of ServingManager).",
+    )
     docker_host = Unicode(
         "",
         config=True,

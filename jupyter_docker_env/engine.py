@@ -545,6 +545,24 @@ class Engine:
         for chunk in stream:
             into.write(chunk)
 
+    def follow_logs(self, container_id: str) -> Iterator[str]:
+        """The container's output line by line as it comes, until the container stops."""
+        try:
+            stream = self._call(self.client.api.logs, container_id, stream=True, follow=True)
+        except docker.errors.NotFound:
+            return
+        pending = b""
+        try:
+            for chunk in stream:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+        if pending:
+            yield pending.decode(errors="replace")
+
     def container_logs(self, container_id: str, tail: int = 20) -> str:
         try:
             out = self._call(self.client.api.logs, container_id, tail=tail)

@@ -16,7 +16,7 @@ from ..environments.spec import SpecError
 from ..models import FieldError
 from ..operations import Cancelled, OperationFailed
 from ..runs.manager import RunConflict, RunNotFound, RunRefused
-from . import environments, runs
+from . import environments, runs, serving
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     environments.register(sub)
     runs.register(sub)
+    serving.register(sub)
     return p
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except SpecError as exc:
         print(f"error: invalid environment: {exc}", file=sys.stderr)
-    except FieldError as exc:
+    except FieldError as exc:  # an option's value (a run's notebook, a serving image's model, …)
         print(f"error: {exc}", file=sys.stderr)
     except OperationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -35,7 +35,7 @@ class ContainerRequest:
     name: str
     image: str
     command: tuple[str, ...]
-    workspace: str  # host folder, mounted read-write at the same path
+    workspace: str  # host folder, mounted read-write at the same path ("": none, serving)
     working_dir: str
     uid: int
     gid: int
@@ -151,7 +151,11 @@ def hardening(request: ContainerRequest) -> dict[str, Any]:
         "init": True,
         "security_opt": ["no-new-privileges:true"],
         "privileged": False,
-        "volumes": {request.workspace: {"bind": request.workspace, "mode": "rw"}},
+        "volumes": (
+            {request.workspace: {"bind": request.workspace, "mode": "rw"}}
+            if request.workspace
+            else {}
+        ),
         "tmpfs": {request.home: f"exec,uid={uid},gid={gid},mode=0700"},
     }
     if uid != 0:

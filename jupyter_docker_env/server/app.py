@@ -15,6 +15,7 @@ from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
 from ..runs.manager import RunManager
+from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
 
@@ -27,6 +28,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     engine: Engine
     environments: EnvironmentManager
     runs: RunManager
+    serving: ServingManager
 
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
@@ -50,6 +52,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         )
         self.runs = self.run_manager_class(
             parent=self, settings=self, environments=self.environments, workspace=root_dir
+        )
+        self.serving = self.serving_manager_class(
+            parent=self, settings=self, environments=self.environments, engine=self.engine
         )
         self.settings.update(docker_env=self)
 
@@ -81,4 +86,5 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     async def stop_extension(self) -> None:
         self.runs.close()
+        self.serving.close()
         self.environments.close()

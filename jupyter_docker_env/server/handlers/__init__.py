@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from . import environments, runs
+from . import environments, runs, serving
 from .base import DockerEnvHandler
 
-HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [*environments.HANDLERS, *runs.HANDLERS]
+HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [
+    *environments.HANDLERS,
+    *runs.HANDLERS,
+    *serving.HANDLERS,
+]

@@ -8,6 +8,7 @@ Handlers stay thin: parse, await a service, reply. A domain error raised by a se
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.kernelspec import NoSuchKernel
@@ -18,8 +19,10 @@ from tornado import web
 from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
 from ...models import FieldError
-from ...operations import OperationFailed
+from ...operations import Operation, OperationFailed
 from ...runs.manager import RunConflict, RunManager, RunNotFound, RunRefused
+from ...serving.builder import ServingNotFound
+from ...serving.manager import ServingManager
 
 if TYPE_CHECKING:
     from ..app import DockerEnvApp
@@ -37,6 +40,7 @@ STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (EnvReadOnly, 403),
     (EnvNotFound, 404),
     (RunNotFound, 404),
+    (ServingNotFound, 404),
     (EnvConflict, 409),
     (OperationFailed, 409),
     (RunConflict, 409),
@@ -80,6 +84,18 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def runs(self) -> RunManager:
         return self.ext.runs
+
+    @property
+    def serving(self) -> ServingManager:
+        return self.ext.serving
+
+    def find_operation(self, operation_id: str) -> tuple[Operation, Callable[[str], Any]] | None:
+        """An operation of any service, and how to cancel it."""
+        for service in (self.environments, self.serving):
+            op = service.operation(operation_id)
+            if op is not None:
+                return op, service.cancel
+        return None
 
     # -- errors ----------------------------------------------------------------------------
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
@@ -127,6 +143,11 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
+
+    def started(self, op: Operation) -> None:
+        """202 with the operation, which clients follow at its ``Location``."""
+        self.set_header("Location", self.base_url + route(f"operations/{op.id}").lstrip("/"))
+        self.reply(op.to_json(), status=202)
 
 
 def _depth(value: Any, level: int = 0) -> int:

@@ -9,6 +9,7 @@ import { KernelResources } from './KernelResources';
 import { ErrorMessage, Note } from './Messages';
 import { OperationView } from './OperationView';
 import { Runs } from './Runs';
+import { Serving } from './Serving';
 import { Sharing } from './Sharing';
 import { IEnvSectionProps, IPanelActions } from './types';
 
@@ -123,6 +124,7 @@ export function EnvCard(props: IEnvCardProps): JSX.Element {
       <BuildControls {...section} />
       <Sharing {...section} />
       <Runs {...section} />
+      <Serving {...section} />
       {actionError && (
         <ErrorMessage testid="action-error">{actionError}</ErrorMessage>
       )}
