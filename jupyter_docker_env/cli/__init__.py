@@ -16,7 +16,7 @@ from ..environments.spec import SpecError
 from ..models import FieldError
 from ..operations import Cancelled, OperationFailed
 from ..runs.manager import RunConflict, RunNotFound, RunRefused
-from . import environments, runs, serving
+from . import environments, notebooks, runs, serving
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     environments.register(sub)
     runs.register(sub)
     serving.register(sub)
+    notebooks.register(sub)
     return p
 
 

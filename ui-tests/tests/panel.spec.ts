@@ -11,6 +11,7 @@ import {
   openLab,
   openPanel,
   SCREENSHOTS,
+  shutDownKernelsOf,
   widenSidebar
 } from './lab';
 
@@ -26,28 +27,6 @@ const PIP = (process.env.JDE_UITEST_PIP ?? '')
   .map(p => p.trim())
   .filter(p => p);
 const ENV_NAME = 'uitest';
-
-/** Shuts down the kernels of an environment, if it exists. */
-async function shutDownKernelsOf(
-  request: APIRequestContext,
-  name: string
-): Promise<void> {
-  const reply = await request.get(`${API_URL}envs/${name}`, { headers: AUTH });
-  if (!reply.ok()) {
-    return;
-  }
-  const { kernel_name } = await reply.json();
-  const kernels = await (
-    await request.get(`${BASE_URL}api/kernels`, { headers: AUTH })
-  ).json();
-  for (const kernel of kernels as { id: string; name: string }[]) {
-    if (kernel.name === kernel_name) {
-      await request.delete(`${BASE_URL}api/kernels/${kernel.id}`, {
-        headers: AUTH
-      });
-    }
-  }
-}
 
 test('create, build and use an environment from the panel', async ({
   page,
@@ -270,7 +249,10 @@ test('create, build and use an environment from the panel', async ({
   await serving.getByTestId('operation-log-toggle').click();
   for (const open of ['kernel-resources', 'sharing']) {
     const section = card.getByTestId(open);
-    if ((await section.count()) && (await section.getAttribute('open')) !== null) {
+    if (
+      (await section.count()) &&
+      (await section.getAttribute('open')) !== null
+    ) {
       await section.locator(':scope > summary').click();
     }
   }
