@@ -100,6 +100,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                 )
         await self.environments.sync_kernelspecs()
         await self.environments.refresh_records()
+        await self.environments.sweep_images()  # what the last run's kernels held untagged
         followed = await self.runs.recover()
         if followed:
             self.log.info("jupyter-docker-env: following %d run(s) started earlier", len(followed))
