@@ -557,6 +557,20 @@ class Engine:
         """Unpack a tar archive into a (created or running) container; owners come from it."""
         self._call(self.client.api.put_archive, container_id, path, data)
 
+    def container_changes(self, container_id: str) -> list[str]:
+        """Paths added or changed in the container's own file system (``docker diff``)."""
+        try:
+            changes = self._call(self.client.api.diff, container_id) or []
+        except docker.errors.NotFound:
+            return []
+        return [str(c["Path"]) for c in changes if c.get("Kind") in (0, 1)]
+
+    def copy_from_container(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        """Write a tar of ``path`` in the container (running or exited) into ``into``."""
+        stream, _ = self._call(self.client.api.get_archive, container_id, path)
+        for chunk in stream:
+            into.write(chunk)
+
     def rename_container(self, container_id: str, name: str) -> None:
         with contextlib.suppress(docker.errors.NotFound):
             self._call(self.client.api.rename, container_id, name)

@@ -11,6 +11,7 @@ from pathlib import Path
 from traitlets import HasTraits
 
 from jupyter_docker_env.kernels.provisioner import DockerEnvProvisioner
+from jupyter_docker_env.runs.manager import RunManager
 from jupyter_docker_env.server.app import DockerEnvApp
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -21,6 +22,9 @@ Generated from the code by `python scripts/config_docs.py`; do not edit by hand.
 Put these in `jupyter_server_config.py` (or pass them as `--DockerEnvApp.name=value` to
 `jupyter lab`). The `jupyter docker-env` command line reads the same files. Kernel spec
 `metadata.kernel_provisioner.config` entries set `DockerEnvProvisioner` traits per environment.
+Training runs follow the kernels' container rules (`user`, `allow_root`, `home`, `env_allowlist`,
+`extra_env`, `extra_labels`, `pids_limit`, `network`, `backend`, and `cpus`, `mem_limit`, `gpus`
+as defaults) from `c.DockerEnvProvisioner`; `c.RunManager` holds what only runs have.
 """
 
 
@@ -47,6 +51,7 @@ def render() -> str:
         INTRO
         + section(DockerEnvApp, ExtensionApp)
         + section(DockerEnvProvisioner, KernelProvisionerBase)
+        + section(RunManager)
     )
 
 
