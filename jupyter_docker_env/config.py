@@ -50,6 +50,13 @@ class DockerEnvConfig(LoggingConfigurable):
         help="The service that finds, builds, shares and deletes environments (a subclass of "
         "EnvironmentManager).",
     )
+    run_manager_class = Type(
+        default_value="jupyter_docker_env.runs.manager.RunManager",
+        klass="jupyter_docker_env.runs.manager.RunManager",
+        config=True,
+        help="The service that starts, follows, cancels and removes training runs (a subclass "
+        "of RunManager).",
+    )
     serving_manager_class = Type(
         default_value="jupyter_docker_env.serving.manager.ServingManager",
         klass="jupyter_docker_env.serving.manager.ServingManager",

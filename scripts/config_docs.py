@@ -12,6 +12,7 @@ from traitlets import HasTraits
 
 from jupyter_docker_env.containers.swarm import SwarmBackend
 from jupyter_docker_env.kernels.provisioner import DockerEnvProvisioner
+from jupyter_docker_env.runs.manager import RunManager
 from jupyter_docker_env.server.app import DockerEnvApp
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
@@ -23,6 +24,9 @@ Put these in `jupyter_server_config.py` (or pass them as `--DockerEnvApp.name=va
 `jupyter lab`). The `jupyter docker-env` command line reads the same files. Kernel spec
 `metadata.kernel_provisioner.config` entries set `DockerEnvProvisioner` traits per environment.
 `SwarmBackend` settings apply when `c.DockerEnvProvisioner.backend = "swarm"` (docs/swarm.md).
+Training runs follow the kernels' container rules (`user`, `allow_root`, `home`, `env_allowlist`,
+`extra_env`, `extra_labels`, `pids_limit`, `network`, `backend`, and `cpus`, `mem_limit`, `gpus`
+as defaults) from `c.DockerEnvProvisioner`; `c.RunManager` holds what only runs have.
 """
 
 
@@ -51,6 +55,7 @@ def render() -> str:
         + section(DockerEnvApp, ExtensionApp)
         + section(DockerEnvProvisioner, KernelProvisionerBase)
         + section(SwarmBackend, LoggingConfigurable)
+        + section(RunManager)
     )
 
 

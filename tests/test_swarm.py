@@ -44,7 +44,8 @@ from jupyter_docker_env.kernels.provisioner import (
     instance_id_for,
     sweep_orphans,
 )
-from jupyter_docker_env.models import BuildOptions
+from jupyter_docker_env.models import BuildOptions, RunRequest
+from jupyter_docker_env.runs.manager import RunManager
 
 from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, REPO, jde_build_image
 from .test_provisioner import (  # the same kernel specs and workspace, on another back end
@@ -682,6 +683,65 @@ async def test_a_build_for_swarm_is_pushed_and_pulled_on_every_node_before_any_k
     spec = task_of(jde_engine, km)["Spec"]["ContainerSpec"]
     assert spec["Image"] == f"{remote}@{digest}"
     assert (await run_code(km, "print(open('/built').read().strip())"))[1] == f"{name}\n"
+
+
+@pytest.mark.docker
+async def test_a_training_run_on_the_worker_writes_its_output_into_the_workspace(
+    jde_swarm: Swarm,
+    jde_backend: SwarmBackend,
+    jde_engine: Engine,
+    jde_swarm_registry: str,
+    jde_swarm_image: str,
+    jde_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a workspace of a user with an environment, kernels and runs on Swarm, and runs
+    # placed on the worker
+    monkeypatch.setattr(jde_backend, "placement", jde_swarm.on_worker)
+    workspace = jde_tmp / "ws"
+    folder = workspace / "environments" / "train"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text(f"FROM {jde_swarm_image}\n")
+    if os.geteuid() == 0:
+        for path in (workspace, workspace / "environments", folder):
+            os.chown(path, 1000, 1000)
+    config = Config()
+    config.DockerEnvProvisioner.backend = "swarm"
+    config.DockerEnvProvisioner.extra_labels = {JDE_TEST_LABEL: JDE_SESSION}
+    config.DockerEnvApp.registry = jde_swarm_registry
+    config.DockerEnvApp.image_prefix = JDE_PREFIX
+    config.RunManager.poll_interval = 0.2
+    settings = DockerEnvConfig(config=config)
+    envs = EnvironmentManager(settings=settings, root_dir=workspace, engine=jde_engine)
+    runs = RunManager(settings=settings, environments=envs, workspace=workspace, config=config)
+    try:
+        build = envs.build(envs.locate("train"), BuildOptions())
+        await build.wait()
+        assert build.state == "succeeded", "\n".join(build.log)
+
+        # When a run trains a "model" into the workspace
+        train = "import time; open('model.txt', 'w').write('trained'); time.sleep(2)"
+        run = await runs.create(RunRequest(env="train", command=("python", "-c", train)))
+        run = await runs.wait(run.id, until_started=True)
+        while run.container_id is None and run.active:
+            run = await runs.wait(run.id, until_started=True)
+            await asyncio.sleep(0.1)
+
+        # Then it runs as a service on the worker, and its output is the user's, in the
+        # workspace, once it succeeded; its service is gone
+        (task,) = jde_engine.tasks(str(run.container_id))
+        assert task["NodeID"] == jde_swarm.worker
+        run = await runs.wait(run.id)
+        assert run.state == "succeeded", run.reason
+        model = workspace / "model.txt"
+        assert model.read_text() == "trained"
+        assert model.stat().st_uid == 1000
+        assert jde_engine.inspect_service(str(run.container_id)) is None
+    finally:
+        runs.close()
+        envs.images.remove("train")
+        envs.close()
+        await sweep_orphans(jde_engine, runs.instance_id, "swarm")
 
 
 @pytest.mark.docker

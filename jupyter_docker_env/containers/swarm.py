@@ -44,10 +44,10 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from traitlets import Bool, Dict, Enum, Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -198,7 +198,7 @@ class SwarmBackend(LoggingConfigurable):
         "starting) before the start fails with the task's last status.",
     )
     stop_grace_period = Float(
-        5.0,
+        10.0,
         config=True,
         help="Seconds between the stop signal and SIGKILL when a task is stopped.",
     )
@@ -413,6 +413,37 @@ class SwarmBackend(LoggingConfigurable):
 
     async def logs(self, container_id: str, tail: int = 20) -> str:
         return await self.engine.run(self.engine.service_logs, container_id, tail)
+
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        found = await self.engine.run(self.engine.services, {**labels, L.MANAGED: "true"})
+        return [str(service["ID"]) for service in found]
+
+    async def changes(self, container_id: str) -> list[str]:
+        local = await self._container_here(container_id)
+        return await self.engine.run(self.engine.container_changes, local)
+
+    async def copy_from(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        local = await self._container_here(container_id)
+        await self.engine.run(self.engine.copy_from_container, local, path, into)
+
+    async def _container_here(self, service_id: str) -> str:
+        """The container of the service's task, when it ran on the server's own node: the
+        manager cannot reach into a container on another node (a snapshot run's files)."""
+        cluster = await self.cluster()
+        tasks = await self.engine.run(self.engine.tasks, service_id)
+        if not tasks:
+            raise ContainerError(f"the service {service_id} is gone", kind="gone")
+        task = tasks[0]
+        if task.get("NodeID") != cluster.node_id:
+            node = await self._node(str(task.get("NodeID")))
+            raise ContainerError(
+                f"its task ran on node {_hostname(node) if node else '?'}, and Swarm cannot "
+                "copy files out of a container on another node: write results into the "
+                "workspace (runs without --snapshot), or keep tasks on the server's node "
+                "(c.SwarmBackend.workspace_mount = 'server-node')",
+                kind="unsupported",
+            )
+        return str(task["Status"]["ContainerStatus"]["ContainerID"])
 
     async def sweep(self, instance_id: str) -> list[str]:
         try:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import json
 import os
@@ -69,8 +68,9 @@ from ..containers import (
     WarmStart,
     backend_class,
 )
+from ..containers.placement import allowed_env, user_for, within, working_dir_in
 from ..engine import Engine, EngineUnavailable, shared_engine
-from .resources import human_size, parse_cpus, parse_gpus, parse_memory
+from .resources import container_limits, human_size, parse_memory
 from .restarter import ContainerKernelRestarter
 
 #: Where the connection file lives inside the kernel's container (0700 dir, 0400 file).
@@ -178,10 +178,6 @@ def _is_connection_file(path: Path) -> bool:
         return False
     info = json.loads(path.read_text())
     return isinstance(info, dict) and {"key", "shell_port", "iopub_port"} <= info.keys()
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -464,65 +460,36 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         workspace = os.path.abspath(workspace)
         if not os.path.isdir(workspace):
             raise ValueError(f"The workspace {workspace} to mount in the kernel is not a folder.")
-        working_dir = os.path.abspath(cwd or workspace)
-        if not _within(working_dir, workspace):
-            real_ws, real_wd = os.path.realpath(workspace), os.path.realpath(working_dir)
-            if _within(real_wd, real_ws):
-                working_dir = os.path.join(workspace, os.path.relpath(real_wd, real_ws))
-            else:
-                self.log.warning(
-                    "Kernel %s: %s is outside the workspace %s; it starts in the workspace.",
-                    self.kernel_id,
-                    working_dir,
-                    workspace,
-                )
-                working_dir = workspace
+        working_dir = working_dir_in(workspace, cwd or workspace)
+        if working_dir is None:
+            self.log.warning(
+                "Kernel %s: %s is outside the workspace %s; it starts in the workspace.",
+                self.kernel_id,
+                cwd,
+                workspace,
+            )
+            working_dir = workspace
         self._workspace, self._working_dir = workspace, working_dir
         self._uid_gid = self._user_for(workspace)
 
     def _user_for(self, workspace: str) -> tuple[int, int]:
-        st = os.stat(workspace)
-        if self.user:
-            uid_s, _, gid_s = self.user.partition(":")
-            try:
-                uid, gid = int(uid_s), int(gid_s) if gid_s else st.st_gid
-            except ValueError:
-                raise ValueError(
-                    f'c.DockerEnvProvisioner.user = {self.user!r}: use numeric "uid:gid".'
-                ) from None
-        else:
-            uid, gid = st.st_uid, st.st_gid
-        if uid == 0 and not self.allow_root:
-            raise PermissionError(
-                f"The kernel would run as root: {'user is 0' if self.user else ''}"
-                f"{'' if self.user else f'the workspace {workspace} belongs to root'}. "
-                'Set c.DockerEnvProvisioner.user = "uid:gid" (the workspace owner), or allow '
-                "root kernels with c.DockerEnvProvisioner.allow_root = True."
-            )
-        return uid, gid
+        return user_for(workspace, self.user, self.allow_root)
 
     def _resources_for(self, env: dict[str, str]) -> dict[str, Any]:
         """Container limits from configuration, overridden by KERNEL_* in the start's env."""
-        out: dict[str, Any] = {}
-        if cpus := env.get("KERNEL_CPUS") or self.cpus:
-            out["nano_cpus"] = int(parse_cpus(cpus) * 1e9)
-        memory = env.get("KERNEL_MEMORY") or self.mem_limit
-        if memory and (limit := parse_memory(memory)):  # "0": no limit
-            out["mem_limit"] = limit
+        out = container_limits(
+            env.get("KERNEL_CPUS") or self.cpus,
+            env.get("KERNEL_MEMORY") or self.mem_limit,
+            env.get("KERNEL_GPUS", self.gpus),
+        )
         if self.pids_limit > 0:
             out["pids_limit"] = self.pids_limit
-        gpus = env.get("KERNEL_GPUS", self.gpus)
-        if request := parse_gpus(gpus):
-            out["device_requests"] = (request,)
         return out
 
     def _container_env(self, env: dict[str, str]) -> dict[str, str]:
-        out = {
-            k: v
-            for k, v in env.items()
-            if not k.startswith("KERNEL_")
-            and any(fnmatch.fnmatchcase(k, pattern) for pattern in self.env_allowlist)
-        }
+        out = allowed_env(
+            {k: v for k, v in env.items() if not k.startswith("KERNEL_")}, self.env_allowlist
+        )
         spec_env = getattr(self.kernel_spec, "env", None) or {}
         out.update({k: env[k] for k in spec_env if k in env})
         out.update(self.extra_env)
@@ -780,7 +747,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def resolve_path(self, path: str) -> str | None:
         """Paths the kernel names are host paths too: the workspace is at the same place."""
         full = os.path.normpath(os.path.join(self._working_dir or self._workspace, path))
-        return full if _within(full, self._workspace) and os.path.exists(full) else None
+        return full if within(full, self._workspace) and os.path.exists(full) else None
 
     # -- persistence -----------------------------------------------------------------------
     async def get_provisioner_info(self) -> dict[str, Any]:

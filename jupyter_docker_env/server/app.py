@@ -19,6 +19,7 @@ from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_o
 from ..kernels.warm import WarmKernels
 from ..notebooks.saving import pre_save_hook
 from ..notebooks.service import NotebookEnvironments
+from ..runs.manager import RunManager
 from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
@@ -27,7 +28,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     name = "jupyter_docker_env"
     description = "Reproducible Docker environments as Jupyter kernels"
     handlers = HANDLERS  # type: ignore[assignment]
-    classes = [DockerEnvProvisioner, SwarmBackend]  # type: ignore[assignment]
+    classes = [DockerEnvProvisioner, SwarmBackend, RunManager]  # type: ignore[assignment]
 
     record_environment_in_notebooks = Bool(
         True,
@@ -40,6 +41,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     engine: Engine
     environments: EnvironmentManager
+    runs: RunManager
     warm: WarmKernels
     serving: ServingManager
     notebooks: NotebookEnvironments
@@ -63,6 +65,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             root_dir=root_dir,
             engine=self.engine,
             kernels_dir=self.kernels_dir,
+        )
+        self.runs = self.run_manager_class(
+            parent=self, settings=self, environments=self.environments, workspace=root_dir
         )
         self.warm = WarmKernels(
             self.instance_id, root_dir, ksm, docker_host=self.docker_host, parent=self
@@ -107,8 +112,12 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         await self.environments.sync_kernelspecs()
         await self.environments.refresh_records()
         await self.environments.sweep_images()  # what the last run's kernels held untagged
+        followed = await self.runs.recover()
+        if followed:
+            self.log.info("jupyter-docker-env: following %d run(s) started earlier", len(followed))
 
     async def stop_extension(self) -> None:
+        self.runs.close()
         await self.warm.stop()
         self.serving.close()
         self.environments.close()
