@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -618,12 +618,13 @@ async def test_by_default_kernels_stay_on_the_servers_node(
 
 
 @pytest.mark.docker
-async def test_an_image_no_registry_has_fails_the_start_saying_what_to_do(
+async def test_an_image_no_registry_has_runs_only_on_the_servers_node(
     jde_swarm: Swarm,
     jde_backend: SwarmBackend,
     jde_kernel: Callable[..., Any],
     jde_engine: Engine,
     jde_swarm_image: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given an image built on the server's engine and never pushed
     local_only = jde_build_image(
@@ -633,12 +634,19 @@ async def test_an_image_no_registry_has_fails_the_start_saying_what_to_do(
         {},
     )
     try:
-        # When a kernel of it starts on Swarm, the start fails and says what to do
+        # When a kernel of it may run on any node, its start fails and says what to do
         with pytest.raises(RuntimeError, match="never pushed to a registry") as err:
             await jde_kernel(image=local_only)
         assert "set c.DockerEnvApp.registry" in str(err.value)
+        # When kernels stay on the server's node, that node's image runs, named by its id
+        monkeypatch.setattr(jde_backend, "workspace_mount", "server-node")
+        km = await jde_kernel(image=local_only)
+        image_id = (jde_engine.inspect_image(local_only) or {})["Id"]
+        assert task_of(jde_engine, km)["Spec"]["ContainerSpec"]["Image"] == image_id
+        assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
+        await km.shutdown_kernel(now=True)
     finally:
-        jde_engine.remove_image(local_only)
+        jde_engine.remove_image(local_only, force=True)
 
 
 @pytest.mark.docker
@@ -685,6 +693,39 @@ async def test_a_build_for_swarm_is_pushed_and_pulled_on_every_node_before_any_k
     assert (await run_code(km, "print(open('/built').read().strip())"))[1] == f"{name}\n"
 
 
+@contextlib.asynccontextmanager
+async def swarm_runs(
+    engine: Engine, registry: str, image: str, workspace: Path
+) -> AsyncIterator[RunManager]:
+    """The run service of a user's workspace whose runs go to the Swarm, with an environment
+    "train" (the kernel image) built for it; everything it made is removed afterwards."""
+    folder = workspace / "environments" / "train"
+    folder.mkdir(parents=True)
+    (folder / "Dockerfile").write_text(f"FROM {image}\n")
+    if os.geteuid() == 0:
+        for path in (workspace, workspace / "environments", folder):
+            os.chown(path, 1000, 1000)
+    config = Config()
+    config.DockerEnvProvisioner.backend = "swarm"
+    config.DockerEnvProvisioner.extra_labels = {JDE_TEST_LABEL: JDE_SESSION}
+    config.DockerEnvApp.registry = registry
+    config.DockerEnvApp.image_prefix = JDE_PREFIX
+    config.RunManager.poll_interval = 0.2
+    settings = DockerEnvConfig(config=config)
+    envs = EnvironmentManager(settings=settings, root_dir=workspace, engine=engine)
+    runs = RunManager(settings=settings, environments=envs, workspace=workspace, config=config)
+    try:
+        build = envs.build(envs.locate("train"), BuildOptions())
+        await build.wait()
+        assert build.state == "succeeded", "\n".join(build.log)
+        yield runs
+    finally:
+        runs.close()
+        envs.images.remove("train")
+        envs.close()
+        await sweep_orphans(engine, runs.instance_id, "swarm")
+
+
 @pytest.mark.docker
 async def test_a_training_run_on_the_worker_writes_its_output_into_the_workspace(
     jde_swarm: Swarm,
@@ -695,40 +736,19 @@ async def test_a_training_run_on_the_worker_writes_its_output_into_the_workspace
     jde_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Given a workspace of a user with an environment, kernels and runs on Swarm, and runs
-    # placed on the worker
+    # Given a user's workspace whose runs go to the Swarm, placed on the worker
     monkeypatch.setattr(jde_backend, "placement", jde_swarm.on_worker)
     workspace = jde_tmp / "ws"
-    folder = workspace / "environments" / "train"
-    folder.mkdir(parents=True)
-    (folder / "Dockerfile").write_text(f"FROM {jde_swarm_image}\n")
-    if os.geteuid() == 0:
-        for path in (workspace, workspace / "environments", folder):
-            os.chown(path, 1000, 1000)
-    config = Config()
-    config.DockerEnvProvisioner.backend = "swarm"
-    config.DockerEnvProvisioner.extra_labels = {JDE_TEST_LABEL: JDE_SESSION}
-    config.DockerEnvApp.registry = jde_swarm_registry
-    config.DockerEnvApp.image_prefix = JDE_PREFIX
-    config.RunManager.poll_interval = 0.2
-    settings = DockerEnvConfig(config=config)
-    envs = EnvironmentManager(settings=settings, root_dir=workspace, engine=jde_engine)
-    runs = RunManager(settings=settings, environments=envs, workspace=workspace, config=config)
-    try:
-        build = envs.build(envs.locate("train"), BuildOptions())
-        await build.wait()
-        assert build.state == "succeeded", "\n".join(build.log)
-
+    async with swarm_runs(jde_engine, jde_swarm_registry, jde_swarm_image, workspace) as runs:
         # When a run trains a "model" into the workspace
         train = "import time; open('model.txt', 'w').write('trained'); time.sleep(2)"
         run = await runs.create(RunRequest(env="train", command=("python", "-c", train)))
-        run = await runs.wait(run.id, until_started=True)
-        while run.container_id is None and run.active:
-            run = await runs.wait(run.id, until_started=True)
+        while (run := await runs.wait(run.id, until_started=True)).container_id is None:
+            assert run.active, run.reason
             await asyncio.sleep(0.1)
 
-        # Then it runs as a service on the worker, and its output is the user's, in the
-        # workspace, once it succeeded; its service is gone
+        # Then it runs as a service on the worker, and once it succeeded its output is the
+        # user's, in the workspace, and its service is gone
         (task,) = jde_engine.tasks(str(run.container_id))
         assert task["NodeID"] == jde_swarm.worker
         run = await runs.wait(run.id)
@@ -737,11 +757,36 @@ async def test_a_training_run_on_the_worker_writes_its_output_into_the_workspace
         assert model.read_text() == "trained"
         assert model.stat().st_uid == 1000
         assert jde_engine.inspect_service(str(run.container_id)) is None
-    finally:
-        runs.close()
-        envs.images.remove("train")
-        envs.close()
-        await sweep_orphans(jde_engine, runs.instance_id, "swarm")
+
+
+@pytest.mark.docker
+async def test_a_snapshot_run_on_the_servers_node_hands_back_what_it_wrote(
+    jde_swarm: Swarm,
+    jde_backend: SwarmBackend,
+    jde_engine: Engine,
+    jde_swarm_registry: str,
+    jde_swarm_image: str,
+    jde_tmp: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given runs on the server's node (the default), and a project whose code a run snapshots
+    # into an image of its own, never pushed
+    monkeypatch.setattr(jde_backend, "workspace_mount", "server-node")
+    workspace = jde_tmp / "ws"
+    project = workspace / "project"
+    project.mkdir(parents=True)
+    (project / "train.py").write_text("open('model.bin', 'w').write('weights')\n")
+    async with swarm_runs(jde_engine, jde_swarm_registry, jde_swarm_image, workspace) as runs:
+        if os.geteuid() == 0:
+            for path in (project, project / "train.py"):
+                os.chown(path, 1000, 1000)
+        # When it runs
+        request = RunRequest("train", ("python", "train.py"), cwd="project", snapshot=True)
+        run = await runs.create(request)
+        run = await runs.wait(run.id)
+        # Then what it wrote in its own file system is copied back from the task's container
+        assert run.state == "succeeded", run.reason
+        assert (project / "model.bin").read_text() == "weights"
 
 
 @pytest.mark.docker

@@ -646,7 +646,8 @@ class SwarmBackend(LoggingConfigurable):
 
     # -- images ----------------------------------------------------------------------------
     def _pinned(self, image: str) -> str:
-        """``image`` as a registry digest that every node can pull. (Blocking.)"""
+        """``image`` as a registry digest that every node can pull, or, where tasks stay on the
+        server's node, as the image id there. (Blocking.)"""
         if "@sha256:" in image:
             return image
         data = self.engine.inspect_image(image)
@@ -659,6 +660,9 @@ class SwarmBackend(LoggingConfigurable):
         digests = [str(d) for d in data.get("RepoDigests") or []]
         prefix = self.registry.rstrip("/") + "/" if self.registry else ""
         chosen = [d for d in digests if d.startswith(prefix)] or digests
+        if not chosen and self.workspace_mount == "server-node":
+            # every task runs on this engine's node, which has the image: by its id
+            return str(data["Id"])
         if not chosen:
             raise ContainerError(
                 f"the image {image} was never pushed to a registry, so the Swarm's nodes cannot "
