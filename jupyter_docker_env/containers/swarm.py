@@ -296,7 +296,9 @@ class SwarmBackend(LoggingConfigurable):
         image = await self.engine.run(self._pinned, request.image)
         if request.device_requests and self.gpu_scheduling == "generic-resource":
             await self.engine.run(self._check_gpus, request)
-        overlay = await self._overlay(request.instance_id)
+        # Only what the server must reach joins the instance's overlay; a run's task keeps to
+        # its node's default bridge (and does not touch the node: see the GPU caveat).
+        overlay = await self._overlay(request.instance_id) if request.ports else ""
         relay = await self._relay(request, overlay) if request.ports else None
         secret_refs = await self.engine.run(self._create_secrets, request)
         try:
@@ -583,7 +585,7 @@ class SwarmBackend(LoggingConfigurable):
                 },
                 "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
                 "Placement": {"Constraints": list(dict.fromkeys(constraints))},
-                "Networks": [{"Target": overlay}],
+                "Networks": [{"Target": overlay}] if overlay else [],
             },
             "Mode": {"Replicated": {"Replicas": 1}},
             "EndpointSpec": {"Mode": "dnsrr"},
