@@ -386,6 +386,23 @@ def test_a_start_fails_at_once_only_when_no_node_could_ever_take_it(err: str, ne
     assert _unplaceable(err) is never
 
 
+@pytest.mark.parametrize(
+    ("state", "message", "ran"),
+    [
+        ("complete", "finished", True),  # a quick run, done before its start was seen
+        ("failed", "started", True),  # a kernel that exited: poll() reports it, with its logs
+        ("failed", "starting", False),  # the container could not start
+        ("rejected", "preparing", False),  # e.g. no image, a workspace that is not there
+    ],
+)
+def test_a_task_that_started_counts_as_started_however_it_ended_since(
+    state: str, message: str, ran: bool
+) -> None:
+    from jupyter_docker_env.containers.swarm import _ran
+
+    assert _ran({"Status": {"State": state, "Message": message}}) is ran
+
+
 def test_a_confinement_swarm_cannot_carry_over_is_refused_not_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

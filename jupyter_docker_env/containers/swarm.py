@@ -330,8 +330,8 @@ class SwarmBackend(LoggingConfigurable):
             if tasks:
                 last = tasks[0]
                 state = last["Status"]["State"]
-                if state == "running":
-                    return last
+                if state == "running" or _ran(last):
+                    return last  # how it ended, if it did already, is state()'s to say
                 if state not in _LIVE:
                     raise _task_error(last)
                 if _unplaceable(str(last["Status"].get("Err") or "")):
@@ -909,6 +909,14 @@ def _unplaceable(err: str) -> bool:
     reasons = err.partition("(")[2].rstrip(")").split(";")
     return err.startswith("no suitable node") and all(
         "constraints not satisfied" in reason for reason in reasons
+    )
+
+
+def _ran(task: dict[str, Any]) -> bool:
+    """Did the task's container start (whatever happened since)?"""
+    status = task["Status"]
+    return status["State"] == "complete" or (
+        status["State"] in ("failed", "shutdown") and status.get("Message") == "started"
     )
 
 
