@@ -96,6 +96,7 @@ stop_worker() {
         [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
     done
     rm -rf "$DIR" "$RUN"
+    rmdir "$STATE_DIR/swarm" 2>/dev/null || true
 }
 
 leave_manager() {
