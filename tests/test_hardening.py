@@ -639,6 +639,8 @@ async def test_links_a_kernel_plants_are_never_followed_by_a_build(
     missing = [outside / f"planted-{i}" for i in range(3)]
     marker = jde_tmp / "marker"
     marker.touch()
+    # (a nonce makes this run's images new even where an earlier run left the same ones)
+    nonce = uuid.uuid4().hex
     before = _all_image_ids(jde_engine)
     # and a workspace of the kernel's uid, where the kernel plants links in environment folders
     give_to_kernel(jp_root_dir)
@@ -656,11 +658,11 @@ async def test_links_a_kernel_plants_are_never_followed_by_a_build(
         printf 'FROM {jde_base_image}\\nCOPY . /ctx/\\n' > Dockerfile
         ln -s {secret} data.txt; cd ..
         mkdir ignored && cd ignored
-        printf 'FROM {jde_base_image}\\nCOPY . /ctx/\\n' > Dockerfile
+        printf 'FROM {jde_base_image}\\nLABEL run={nonce}\\nCOPY . /ctx/\\n' > Dockerfile
         printf 'data.txt\\nnotes\\n' > .dockerignore
         ln -s {secret} data.txt; ln -s Dockerfile inside; ln -s {missing[2]} notes; cd ..
         mkdir clean && cd clean
-        printf 'base = "{jde_base_image}"\\nenv = {{ JDE_HARDENING = "links" }}\\n' \\
+        printf 'base = "{jde_base_image}"\\nenv = {{ JDE_HARDENING = "{nonce}" }}\\n' \\
             > docker-env.toml
         ln -s {secret} notes.txt
         """,
