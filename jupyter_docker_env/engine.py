@@ -518,6 +518,57 @@ class Engine:
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
         return list(self._call(self.client.api.containers, all=True, filters={"label": filters}))
 
+    # -- networks and volumes (used by the launch broker) ------------------------------------
+    def inspect_network(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call(self.client.api.inspect_network, name)  # type: ignore[no-any-return]
+        except docker.errors.NotFound:
+            return None
+
+    def create_network(
+        self, name: str, labels: dict[str, str], internal: bool = False
+    ) -> dict[str, Any]:
+        """A bridge network (returns its inspect answer); an existing one of that name is kept."""
+        try:
+            self._call(
+                self.client.api.create_network,
+                name,
+                driver="bridge",
+                internal=internal,
+                labels=labels,
+                check_duplicate=True,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 and "already exists" not in str(exc):
+                raise
+        found = self.inspect_network(name)
+        if found is None:
+            raise EngineError(f"the network {name} vanished right after it was created")
+        return found
+
+    def connect_network(self, network: str, container_id: str) -> None:
+        """Attach a container to a network; attaching it twice is no error."""
+        try:
+            self._call(self.client.api.connect_container_to_network, container_id, network)
+        except docker.errors.APIError as exc:
+            if "already exists" not in str(exc):
+                raise
+
+    def remove_network(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(self.client.api.remove_network, name)
+
+    def networks(self, labels: dict[str, str | None]) -> list[dict[str, Any]]:
+        filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
+        return list(self._call(self.client.api.networks, filters={"label": filters}))
+
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self._call(self.client.api.inspect_volume, name)
+        except docker.errors.NotFound:
+            return False
+        return True
+
     # -- kernels (used by the provisioner) -----------------------------------------------
     def system_info(self) -> dict[str, Any]:
         """The engine's raw ``docker info`` (OS, security options, runtimes)."""

@@ -29,6 +29,9 @@ INSTANCE = label("instance")
 USER = label("user")
 ROLE = label("role")
 NETWORK = label("network")
+# what the launch broker runs for hub users
+HUB_USER = label("hub-user")  # the hub user a container, network or build belongs to
+SERVER = label("server")  # the single-user server container that asked for a kernel
 
 
 def label_instruction(labels: dict[str, str]) -> str:

@@ -35,7 +35,7 @@ class ContainerRequest:
     name: str
     image: str
     command: tuple[str, ...]
-    workspace: str  # host folder, mounted read-write at the same path
+    workspace: str  # host folder, mounted read-write at the same path (or a named volume)
     working_dir: str
     uid: int
     gid: int
@@ -51,6 +51,9 @@ class ContainerRequest:
     #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
     ports: tuple[int, ...] = ()
     files: tuple[ContainerFile, ...] = ()
+    #: Where the workspace appears in the container; "": at ``workspace`` (a host folder).
+    #: A named volume (the broker mounts DockerSpawner's per-user volume) needs one.
+    workspace_mount: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,10 @@ class ContainerBackend(Protocol):
 
 
 #: Back ends by the name c.DockerEnvProvisioner.backend takes (or a dotted class path).
-BACKENDS = {"local": "jupyter_docker_env.containers.local.LocalBackend"}
+BACKENDS = {
+    "local": "jupyter_docker_env.containers.local.LocalBackend",
+    "broker": "jupyter_docker_env.containers.broker.BrokerBackend",
+}
 
 
 def backend_class(name: str) -> type[Any]:
@@ -135,7 +141,9 @@ def hardening(request: ContainerRequest) -> dict[str, Any]:
         "init": True,
         "security_opt": ["no-new-privileges:true"],
         "privileged": False,
-        "volumes": {request.workspace: {"bind": request.workspace, "mode": "rw"}},
+        "volumes": {
+            request.workspace: {"bind": request.workspace_mount or request.workspace, "mode": "rw"}
+        },
         "tmpfs": {request.home: f"exec,uid={uid},gid={gid},mode=0700"},
     }
     if uid != 0:

@@ -100,6 +100,9 @@ class _Images:
 class EnvironmentManager(LoggingConfigurable):
     """Environments of one workspace (see the module's docstring)."""
 
+    #: The container back end its kernels use (the server sweeps that back end at start).
+    container_backend = "local"
+
     def __init__(
         self,
         settings: DockerEnvConfig,

@@ -49,7 +49,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         self.settings.update(docker_env=self)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        info = await self.engine.run(self.engine.info)
+        info = (await self.environments.status()).engine
         if not info.available:
             self.log.warning("jupyter-docker-env %s: %s", __version__, info.reason)
             return
@@ -62,7 +62,8 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             info.builder,
         )
         if self.sweep_on_start:
-            removed = await sweep_orphans(self.engine, self.instance_id)
+            backend = self.environments.container_backend
+            removed = await sweep_orphans(self.engine, self.instance_id, backend)
             if removed:
                 self.log.warning(
                     "jupyter-docker-env: removed %d kernel container(s) left by an earlier "
