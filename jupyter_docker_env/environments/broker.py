@@ -14,9 +14,10 @@ Registry sharing is the administrator's business on a shared hub: push and pull 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import __version__
 from ..broker.client import BrokerClient, BrokerError, BrokerUnavailable, quoted
@@ -38,6 +39,7 @@ from .images import BuildSettings, ImageBuilder, Plan, _context_files
 from .manager import EnvironmentManager, Location, _Images
 from .spec import LOCK_FILE, SPEC_FILE
 
+T = TypeVar("T")
 #: How often a build's progress is asked for.
 POLL_SECONDS = 0.5
 NO_REGISTRY = (
@@ -90,6 +92,17 @@ class BrokerImageBuilder(ImageBuilder):
         data = self.client.request("GET", "images")
         self._rows, self._bases = list(data["images"]), dict(data["bases"])
         return image_summaries(self._rows, self._bases)
+
+    def plan(
+        self,
+        folder: Path,
+        op: Operation | None = None,
+        from_lock: bool = False,
+        resolve_base: bool = True,
+        base_ids: dict[str, str] | None = None,
+    ) -> Plan:
+        """As on a local engine, with the base ids the broker reported (the broker pulls)."""
+        return super().plan(folder, op, from_lock, resolve_base=False, base_ids=base_ids)
 
     def present_base_id(self, ref: str) -> str:
         return self._bases.get(ref, "")
@@ -263,6 +276,13 @@ class BrokerEnvironmentManager(EnvironmentManager):
             self.images.shared_namespace = who["shared_namespace"]
             self._who = who
         return self._who
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        def with_who() -> T:
+            self.who()  # before anything parses a spec: the broker's default base applies
+            return fn(*args)
+
+        return await super()._run(with_who)
 
     def locations(self) -> dict[str, Location]:
         self.who()
