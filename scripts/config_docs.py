@@ -10,6 +10,8 @@ from pathlib import Path
 
 from traitlets import HasTraits
 
+from jupyter_docker_env.broker.app import DockerEnvBroker
+from jupyter_docker_env.broker.client import BrokerClient
 from jupyter_docker_env.kernels.provisioner import DockerEnvProvisioner
 from jupyter_docker_env.server.app import DockerEnvApp
 
@@ -21,6 +23,14 @@ Generated from the code by `python scripts/config_docs.py`; do not edit by hand.
 Put these in `jupyter_server_config.py` (or pass them as `--DockerEnvApp.name=value` to
 `jupyter lab`). The `jupyter docker-env` command line reads the same files. Kernel spec
 `metadata.kernel_provisioner.config` entries set `DockerEnvProvisioner` traits per environment.
+"""
+
+BROKER = """
+## The launch broker
+
+`jupyter-docker-env-broker` (a JupyterHub service, or run alone) reads these from
+`jupyter_docker_env_broker_config.py` in its working directory (or `--config FILE`), or from
+`--DockerEnvBroker.name=value` on its command line. See the README's "Shared JupyterHub".
 """
 
 
@@ -42,11 +52,15 @@ def section(cls: type[HasTraits], own: type[HasTraits] | None = None) -> str:
 def render() -> str:
     from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
     from jupyter_server.extension.application import ExtensionApp
+    from traitlets.config import Application, SingletonConfigurable
 
     return (
         INTRO
         + section(DockerEnvApp, ExtensionApp)
         + section(DockerEnvProvisioner, KernelProvisionerBase)
+        + section(BrokerClient, SingletonConfigurable)
+        + BROKER
+        + section(DockerEnvBroker, Application)
     )
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from jupyter_core.paths import jupyter_runtime_dir
 from tornado import httpserver, web
 from tornado.ioloop import PeriodicCallback
-from traitlets import Bool, Dict, Float, Int, List, Unicode, Union, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union, default
 from traitlets.config import Application
 
 from .. import __version__
@@ -92,8 +92,12 @@ class DockerEnvBroker(Application):
     docker_host = Unicode(
         "", config=True, help="The Docker engine (default: DOCKER_HOST or the local socket)."
     )
-    builder = Unicode(
-        "auto", config=True, help="auto, buildkit or legacy (as c.DockerEnvApp.builder)."
+    builder = Enum(
+        ["auto", "buildkit", "legacy"],
+        default_value="auto",
+        config=True,
+        help="How images are built (as c.DockerEnvApp.builder): BuildKit, with download caches "
+        "shared by all users' builds, where the engine and a Docker CLI allow.",
     )
     docker_cli = Unicode("", config=True, help="The Docker CLI for BuildKit builds.")
     state_dir = Unicode(
@@ -195,10 +199,10 @@ class DockerEnvBroker(Application):
     )
     limits = Dict(
         config=True,
-        help="Per-user limits over the defaults "
-        f"{Limits().to_json()}: cpus and memory (per container), gpus (count per container), "
-        "pids, kernels / runs / builds (at once), images (environments with images) and disk "
-        "(what a user's images add to their bases).",
+        help="Per-user limits, over the defaults (cpus 2, memory '4g', gpus 0, pids 1024, "
+        "kernels 4, runs 2, builds 1, images 20, disk '20g'): cpus, memory, gpus and pids per "
+        "container; kernels, runs and builds running at once; images: environments with images; "
+        "disk: what a user's images add to their bases.",
     )
     group_limits = Dict(
         config=True,
