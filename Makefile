@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 unexport VIRTUAL_ENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
-FRONTEND := $(wildcard labextension/src/*) labextension/package.json labextension/yarn.lock
+FRONTEND := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*) labextension/package.json labextension/yarn.lock
 
 .PHONY: lab test docker install lint pytest browser clean bench
 

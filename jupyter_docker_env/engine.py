@@ -34,6 +34,7 @@ import docker.errors
 from docker.types import DeviceRequest
 
 from .labels import MANAGED, label_instruction
+from .models import EngineStatus
 
 T = TypeVar("T")
 Builder = Literal["buildkit", "legacy"]
@@ -57,21 +58,6 @@ class RegistryError(EngineError):
 
 
 @dataclass(frozen=True)
-class EngineInfo:
-    available: bool
-    host: str | None
-    version: str | None = None
-    api_version: str | None = None
-    reason: str | None = None
-    runtimes: tuple[str, ...] = ()
-    builder: Builder | None = None
-
-    @property
-    def gpu_runtime(self) -> bool:
-        return "nvidia" in self.runtimes
-
-
-@dataclass(frozen=True)
 class BuildEvent:
     """One thing a build reported, the same for both builders.
 
@@ -86,7 +72,12 @@ class BuildEvent:
 
 
 def _unavailable_reason(host: str | None, exc: Exception) -> str:
-    where = host or "the default socket (DOCKER_HOST unset)"
+    if host:
+        where = host
+    elif env_host := os.environ.get("DOCKER_HOST"):
+        where = f"{env_host} (DOCKER_HOST)"
+    else:
+        where = "the default socket /var/run/docker.sock (DOCKER_HOST unset)"
     return (
         f"No Docker engine answers at {where}: {exc}. Start Docker (on this project's dev "
         "machines: `make docker`), or point DOCKER_HOST / c.DockerEnvApp.docker_host at a "
@@ -149,17 +140,17 @@ class Engine:
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
 
     # -- engine ----------------------------------------------------------------------------
-    def info(self) -> EngineInfo:
+    def info(self) -> EngineStatus:
         try:
             version = self._call(self.client.version)
             info = self._call(self.client.info)
         except EngineUnavailable as exc:
-            return EngineInfo(available=False, host=self.host, reason=str(exc))
+            return EngineStatus(available=False, host=self.host, reason=str(exc))
         except docker.errors.DockerException as exc:
-            return EngineInfo(
+            return EngineStatus(
                 available=False, host=self.host, reason=_unavailable_reason(self.host, exc)
             )
-        return EngineInfo(
+        return EngineStatus(
             available=True,
             host=self.host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
             version=version.get("Version"),

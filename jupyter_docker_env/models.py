@@ -6,7 +6,7 @@ module never hands another a loose dict, and the states live in one place.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 EnvState = Literal["not_built", "building", "built", "failed", "outdated"]
@@ -22,6 +22,38 @@ class FieldError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What an environment folder asks for, normalized so that equal specs hash equal."""
+
+    name: str
+    kind: str
+    base: str | None = None
+    pip: tuple[str, ...] = ()
+    apt: tuple[str, ...] = ()
+    conda: tuple[str, ...] = ()
+    gpu: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    requirements: str | None = None  # a file in the folder, installed with pip -r
+    environment: str | None = None  # a file in the folder, installed with conda env update
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("pip", "apt", "conda"):
+            data[key] = list(data[key])
+        return data
+
+    def to_toml(self) -> dict[str, Any]:
+        """The docker-env.toml content for this spec (defaults left out)."""
+        data = self.to_json()
+        data.pop("kind")
+        return {k: v for k, v in data.items() if v not in (None, [], {}, False)}
+
+    def pinned(self, pip: tuple[str, ...], apt: tuple[str, ...], base: str | None) -> EnvSpec:
+        """This spec with exact versions in place of its ranges (``--from-lock``)."""
+        return replace(self, pip=pip, apt=apt, base=base, requirements=None)
 
 
 @dataclass(frozen=True)
@@ -176,7 +208,8 @@ class RegistryState:
 
 @dataclass(frozen=True)
 class Environment:
-    """An environment as the panel and the API show it (schema ``Env``)."""
+    """An environment as the panel and the API show it (schema ``Env``): its folder's spec
+    (None when the spec is invalid: ``error`` says why) and its image's state."""
 
     name: str
     path: str
@@ -184,14 +217,7 @@ class Environment:
     readonly: bool
     kernel_name: str
     state: EnvState
-    base: str | None = None
-    pip: tuple[str, ...] = ()
-    apt: tuple[str, ...] = ()
-    conda: tuple[str, ...] = ()
-    gpu: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-    requirements: str | None = None
-    environment: str | None = None
+    spec: EnvSpec | None = None
     error: str | None = None
     spec_hash: str | None = None
     image: ImageInfo | None = None
@@ -204,7 +230,9 @@ class Environment:
         return f"{self.name} (Docker env)"
 
     def to_json(self) -> dict[str, Any]:
+        spec = (self.spec or EnvSpec(name=self.name, kind=self.kind)).to_json()
         return {
+            **spec,
             "name": self.name,
             "display_name": self.display_name,
             "path": self.path,
@@ -212,14 +240,6 @@ class Environment:
             "readonly": self.readonly,
             "kernel_name": self.kernel_name,
             "state": self.state,
-            "base": self.base,
-            "pip": list(self.pip),
-            "apt": list(self.apt),
-            "conda": list(self.conda),
-            "gpu": self.gpu,
-            "env": dict(self.env),
-            "requirements": self.requirements,
-            "environment": self.environment,
             "error": self.error,
             "spec_hash": self.spec_hash,
             "image": self.image.to_json() if self.image else None,
@@ -231,12 +251,19 @@ class Environment:
 
 @dataclass(frozen=True)
 class EngineStatus:
+    """The Docker engine as the server sees it (``reason`` says what to do when it is down)."""
+
     available: bool
     host: str | None = None
     version: str | None = None
     api_version: str | None = None
     reason: str | None = None
     builder: str | None = None
+    runtimes: tuple[str, ...] = ()
+
+    @property
+    def gpu_runtime(self) -> bool:
+        return "nvidia" in self.runtimes
 
 
 @dataclass(frozen=True)
@@ -257,6 +284,7 @@ class Status:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["engine"]["runtimes"]  # the GPU part says what matters of them
         data["gpu"]["runtimes"] = list(self.gpu.runtimes)
         data["allowed_bases"] = list(self.allowed_bases)
         return data

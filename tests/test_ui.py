@@ -28,8 +28,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def lab(jde_base_image: str, jde_tmp: Path) -> Iterator[tuple[str, str, Path]]:
-    """A JupyterLab on a fresh workspace holding hello.txt; yields (lab URL, token, workspace)."""
+def lab(
+    jde_base_image: str, jde_tmp: Path, jde_open_registry: str
+) -> Iterator[tuple[str, str, Path]]:
+    """A JupyterLab on a fresh workspace holding hello.txt, sharing through a registry of its own.
+
+    Yields (lab URL, token, workspace).
+    """
     workspace = jde_tmp / "workspace"
     workspace.mkdir()
     (workspace / "hello.txt").write_text("hello from the workspace\n")
@@ -51,6 +56,7 @@ def lab(jde_base_image: str, jde_tmp: Path) -> Iterator[tuple[str, str, Path]]:
             "--ServerApp.allow_root=True",
             f"--DockerEnvApp.default_base={jde_base_image}",
             f"--DockerEnvApp.ca_bundle={CA_BUNDLE or ''}",
+            f"--DockerEnvApp.registry={jde_open_registry}",
             # A prefix of its own, so this run's "uitest" starts unbuilt whatever ran before.
             f"--DockerEnvApp.image_prefix=jde-test-ui-{secrets.token_hex(4)}",
             "--LabApp.news_url=",
@@ -106,5 +112,5 @@ def test_panel_main_path_in_a_real_browser(
     assert result.returncode == 0, (
         result.stdout[-5000:] + result.stderr[-3000:] + (jde_tmp / "lab.log").read_text()[-3000:]
     )
-    for shot in ("panel-building.png", "panel-built.png"):
+    for shot in ("panel-building.png", "panel-built.png", "panel-lock.png", "panel-shared.png"):
         assert (UI / "screenshots" / shot).is_file()

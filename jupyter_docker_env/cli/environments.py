@@ -167,7 +167,8 @@ def cmd_kernelspec_install(args: argparse.Namespace) -> int:
     config: dict[str, Any] = {}
     if args.workspace:
         config["workspace"] = str(Path(args.workspace).resolve())
-    spec = kernelspecs.kernel_json(env.name, latest, env.gpu, config)
+    gpu = env.spec.gpu if env.spec else False
+    spec = kernelspecs.kernel_json(env.name, latest, gpu, config)
     if args.prefix:
         kernels = Path(args.prefix) / "share" / "jupyter" / "kernels"
     elif args.sys_prefix:

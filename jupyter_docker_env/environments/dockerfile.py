@@ -15,7 +15,8 @@ import shlex
 from pathlib import Path
 
 from ..labels import label_instruction
-from .spec import CA_FILE, GENERATED_MARK, SPEC_FILE, EnvSpec, conda_needed, environment_pip_deps
+from ..models import EnvSpec
+from .spec import CA_FILE, GENERATED_MARK, SPEC_FILE, conda_needed, environment_pip_deps
 
 # Bump whenever the rendered Dockerfile changes for the same spec: it is part of the image hash.
 RENDERER_VERSION = "2"

@@ -16,9 +16,9 @@ from typing import Any
 import tomli_w
 
 from ..engine import Engine, EngineError
-from ..models import BaseImage, Lock
+from ..models import BaseImage, EnvSpec, Lock
 from .dockerfile import LOCK_SCRIPT
-from .spec import LOCK_FILE, EnvSpec, SpecError
+from .spec import LOCK_FILE, SpecError
 
 HEADER = (
     "# Exact versions inside image {short} of {name}, written by jupyter-docker-env.\n"

@@ -32,7 +32,6 @@ from ..engine import Engine, EngineUnavailable
 from ..kernels import kernelspecs
 from ..models import (
     BuildOptions,
-    EngineStatus,
     Environment,
     EnvState,
     GpuStatus,
@@ -195,14 +194,7 @@ class EnvironmentManager(LoggingConfigurable):
             gpu_reason = None
         return Status(
             version=__version__,
-            engine=EngineStatus(
-                available=info.available,
-                host=info.host,
-                version=info.version,
-                api_version=info.api_version,
-                reason=info.reason,
-                builder=info.builder,
-            ),
+            engine=info,
             gpu=GpuStatus(
                 available=info.available and info.gpu_runtime,
                 runtimes=info.runtimes,
@@ -273,14 +265,7 @@ class EnvironmentManager(LoggingConfigurable):
             **common,
             kind=spec.kind,
             state=self._state(loc, images, current is not None, op),
-            base=spec.base,
-            pip=spec.pip,
-            apt=spec.apt,
-            conda=spec.conda,
-            gpu=spec.gpu,
-            env=spec.env,
-            requirements=spec.requirements,
-            environment=spec.environment,
+            spec=spec,
             spec_hash=plan.hash or None,
             image=image,
             lock=found_lock,

@@ -12,14 +12,13 @@ import hashlib
 import json
 import re
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-from ..models import FieldError
+from ..models import EnvSpec, FieldError
 
 SPEC_FILE = "docker-env.toml"
 # environment.yml dependencies that need no conda: the venv provides them.
@@ -44,38 +43,6 @@ IMAGE_RE = re.compile(
 
 class SpecError(FieldError):
     """A spec that cannot be built. ``field`` names the spec key at fault."""
-
-
-@dataclass(frozen=True)
-class EnvSpec:
-    """What an environment folder asks for, normalized so that equal specs hash equal."""
-
-    name: str
-    kind: str
-    base: str | None = None
-    pip: tuple[str, ...] = ()
-    apt: tuple[str, ...] = ()
-    conda: tuple[str, ...] = ()
-    gpu: bool = False
-    env: dict[str, str] = field(default_factory=dict)
-    requirements: str | None = None  # a file in the folder, installed with pip -r
-    environment: str | None = None  # a file in the folder, installed with conda env update
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        for key in ("pip", "apt", "conda"):
-            data[key] = list(data[key])
-        return data
-
-    def to_toml(self) -> dict[str, Any]:
-        """The docker-env.toml content for this spec (defaults left out)."""
-        data = self.to_json()
-        data.pop("kind")
-        return {k: v for k, v in data.items() if v not in (None, [], {}, False)}
-
-    def pinned(self, pip: tuple[str, ...], apt: tuple[str, ...], base: str | None) -> EnvSpec:
-        """This spec with exact versions in place of its ranges (``--from-lock``)."""
-        return replace(self, pip=pip, apt=apt, base=base, requirements=None)
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -6,9 +6,10 @@ export namespace DockerEnv {
   export type EnvState =
     'not_built' | 'building' | 'built' | 'failed' | 'outdated';
   export type EnvKind = 'spec' | 'requirements' | 'environment' | 'dockerfile';
-  export type JobKind = 'build' | 'push' | 'pull';
-  export type JobState =
+  export type OperationKind = 'build' | 'push' | 'pull';
+  export type OperationState =
     'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+  export type Builder = 'buildkit' | 'legacy';
 
   export interface IStatus {
     version: string;
@@ -19,6 +20,8 @@ export namespace DockerEnv {
       api_version?: string | null;
       /** Why the engine is unavailable and what to do. */
       reason?: string | null;
+      /** The builder builds use. */
+      builder?: Builder | null;
     };
     gpu: {
       available: boolean;
@@ -40,7 +43,9 @@ export namespace DockerEnv {
     conda?: string[];
     gpu?: boolean;
     env?: { [key: string]: string };
+    /** A requirements.txt inside the folder. */
     requirements?: string;
+    /** An environment.yml inside the folder. */
     environment?: string;
   }
 
@@ -54,14 +59,36 @@ export namespace DockerEnv {
     tag: string;
     size?: number;
     created?: string;
+    /** Registry digest, once pushed or pulled. */
     digest?: string | null;
   }
 
-  export interface IJob {
+  /** What is exactly inside the image (docker-env.lock). */
+  export interface ILock {
+    /** Installed into the kernel's venv (name==version). */
+    pip: string[];
+    /** Importable, added by apt or conda. */
+    pip_system: string[];
+    /** Importable, from the base image. */
+    pip_base: string[];
+    conda: string[];
+    /** The spec's apt packages, name=version. */
+    apt: string[];
+    base: {
+      image: string;
+      id: string;
+      /** repository@sha256:…; empty when the base has none. */
+      digest: string;
+    } | null;
+  }
+
+  /** A build, push or pull, followed at operations/{id}. */
+  export interface IOperation {
     id: string;
     env: string;
-    kind: JobKind;
-    state: JobState;
+    kind: OperationKind;
+    state: OperationState;
+    /** Current Dockerfile step, 1-based. */
     step?: number;
     total_steps?: number;
     progress?: number;
@@ -70,6 +97,7 @@ export namespace DockerEnv {
     /** The offset to ask for next. */
     log_offset: number;
     error?: string | null;
+    /** The instruction that failed. */
     failed_step?: string | null;
     image?: string | null;
     built?: boolean | null;
@@ -90,20 +118,27 @@ export namespace DockerEnv {
     conda?: string[];
     gpu: boolean;
     env?: { [key: string]: string };
+    requirements?: string | null;
+    environment?: string | null;
     state: EnvState;
     /** Why the spec is invalid, when it is. */
     error?: string | null;
     spec_hash: string | null;
     kernel_name: string;
     image?: IImage | null;
-    lock?: { [manager: string]: string[] } | null;
-    /** The requirements.txt of the spec, when it has one (sent though not in the contract). */
-    requirements?: string | null;
-    /** The environment.yml of the spec, when it has one (sent though not in the contract). */
-    environment?: string | null;
-    /** The running or last job. */
-    job?: IJob | null;
-    registry?: { image?: string; available?: boolean | null } | null;
+    lock?: ILock | null;
+    /** The running or last operation. */
+    operation?: IOperation | null;
+    /** Where a push puts the current image; ask `registryState` whether it is there. */
+    registry?: string | null;
+  }
+
+  /** Whether the registry has an environment's current image (GET envs/{name}/registry). */
+  export interface IRegistryState {
+    image: string;
+    /** null when the registry could not be asked. */
+    available: boolean | null;
+    reason?: string | null;
   }
 
   export interface IBuildOptions {
@@ -133,8 +168,11 @@ export namespace DockerEnv {
     name: string;
   }
 
-  export function isActive(job: IJob | null | undefined): boolean {
-    return !!job && (job.state === 'queued' || job.state === 'running');
+  export function isActive(operation: IOperation | null | undefined): boolean {
+    return (
+      !!operation &&
+      (operation.state === 'queued' || operation.state === 'running')
+    );
   }
 }
 
@@ -181,27 +219,36 @@ export class DockerEnvAPI {
     await this.requestAPI(envPath(name), 'DELETE');
   }
 
+  /** Starts (or joins) a build; answers 202 with the operation. */
   startBuild(
     name: string,
     options: DockerEnv.IBuildOptions = {}
-  ): Promise<DockerEnv.IJob> {
+  ): Promise<DockerEnv.IOperation> {
     return this.requestAPI(`${envPath(name)}/builds`, 'POST', options);
   }
 
-  getJob(id: string, offset = 0): Promise<DockerEnv.IJob> {
-    return this.requestAPI(`${jobPath(id)}?offset=${offset}`);
-  }
-
-  cancelJob(id: string): Promise<DockerEnv.IJob> {
-    return this.requestAPI(jobPath(id), 'DELETE');
-  }
-
-  push(name: string): Promise<DockerEnv.IJob> {
+  /** Pushes the environment's image to the configured registry. */
+  push(name: string): Promise<DockerEnv.IOperation> {
     return this.requestAPI(`${envPath(name)}/push`, 'POST');
   }
 
-  pull(name: string): Promise<DockerEnv.IJob> {
+  /** Pulls the environment's image from the configured registry. */
+  pull(name: string): Promise<DockerEnv.IOperation> {
     return this.requestAPI(`${envPath(name)}/pull`, 'POST');
+  }
+
+  /** Asks the registry whether it has the environment's current image (a round-trip: on demand). */
+  registryState(name: string): Promise<DockerEnv.IRegistryState> {
+    return this.requestAPI(`${envPath(name)}/registry`);
+  }
+
+  /** An operation's state, and its log from `offset`. */
+  getOperation(id: string, offset = 0): Promise<DockerEnv.IOperation> {
+    return this.requestAPI(`${operationPath(id)}?offset=${offset}`);
+  }
+
+  cancelOperation(id: string): Promise<DockerEnv.IOperation> {
+    return this.requestAPI(operationPath(id), 'DELETE');
   }
 
   startKernel(
@@ -277,6 +324,6 @@ function envPath(name: string): string {
   return `envs/${encodeURIComponent(name)}`;
 }
 
-function jobPath(id: string): string {
-  return `builds/${encodeURIComponent(id)}`;
+function operationPath(id: string): string {
+  return `operations/${encodeURIComponent(id)}`;
 }

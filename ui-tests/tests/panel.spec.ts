@@ -43,6 +43,23 @@ async function hideNotifications(page: Page): Promise<void> {
   });
 }
 
+/** Drags the left sidebar's edge so that the panel is `width` pixels wide (for the screenshots). */
+async function widenSidebar(page: Page, width: number): Promise<void> {
+  const sidebar = await page.locator('#jp-left-stack').boundingBox();
+  const handle = page
+    .locator('#jp-main-split-panel > .lm-SplitPanel-handle')
+    .first();
+  const box = await handle.boundingBox();
+  if (!sidebar || !box) {
+    return;
+  }
+  const y = box.y + box.height / 2;
+  await page.mouse.move(box.x + box.width / 2, y);
+  await page.mouse.down();
+  await page.mouse.move(sidebar.x + width, y, { steps: 5 });
+  await page.mouse.up();
+}
+
 /** Shuts down the kernels of an environment, if it exists. */
 async function shutDownKernelsOf(
   request: APIRequestContext,
@@ -94,12 +111,23 @@ test('create, build and use an environment from the panel', async ({
   }
   const panel = page.getByTestId('docker-env-panel');
   await expect(panel).toBeVisible();
+  await widenSidebar(page, 380);
+  const registryAsked: string[] = [];
+  page.on('request', req => {
+    if (req.url().endsWith(`/envs/${ENV_NAME}/registry`)) {
+      registryAsked.push(req.url());
+    }
+  });
   await expect(panel.getByTestId('engine-banner')).toHaveCount(0);
   await expect(panel.getByTestId('load-error')).toHaveCount(0);
 
   // and creates an environment on the default base image
   await panel.getByTestId('new-env').click();
   const form = panel.getByTestId('create-form');
+  // (a name the server refuses is explained next to the name field)
+  await form.getByTestId('env-name').fill('not a name!');
+  await form.getByTestId('env-submit').click();
+  await expect(form.getByTestId('field-error-name')).toBeVisible();
   await form.getByTestId('env-name').fill(ENV_NAME);
   await expect(form.getByTestId('env-base')).toHaveValue(status.default_base);
   if (PIP.length) {
@@ -119,11 +147,14 @@ test('create, build and use an environment from the panel', async ({
   await card.getByTestId('build').click();
 
   // Then the build shows its progress and its live log
-  await expect(card.getByTestId('job-progress')).toBeVisible();
-  await expect(card.getByTestId('job-step')).toContainText(/step \d+ of \d+/, {
-    timeout: 60_000
-  });
-  await expect(card.getByTestId('job-log')).not.toBeEmpty();
+  const operation = card.getByTestId('operation');
+  await expect(operation).toHaveAttribute('data-operation-kind', 'build');
+  await expect(operation.getByTestId('operation-progress')).toBeVisible();
+  await expect(operation.getByTestId('operation-progress-text')).toContainText(
+    /step \d+ of \d+/,
+    { timeout: 60_000 }
+  );
+  await expect(operation.getByTestId('operation-log')).not.toBeEmpty();
   await page.screenshot({
     path: path.join(SCREENSHOTS, 'panel-building.png')
   });
@@ -133,14 +164,74 @@ test('create, build and use an environment from the panel', async ({
     timeout: BUILD_TIMEOUT
   });
   await expect(card.getByTestId('env-state')).toHaveText('built');
-  await expect(card.getByTestId('job-failure')).toHaveCount(0);
+  await expect(card.getByTestId('operation-failure')).toHaveCount(0);
   await expect(card.getByTestId('env-size')).not.toHaveText('—');
   await page.screenshot({ path: path.join(SCREENSHOTS, 'panel-built.png') });
   const env = await (
     await request.get(`${API_URL}envs/${ENV_NAME}`, { headers: AUTH })
   ).json();
+  // and the footer names the builder the engine offers
+  await expect(panel.getByTestId('status-footer')).toContainText(
+    status.engine.builder === 'buildkit' ? 'BuildKit' : 'legacy builder'
+  );
+
+  // When the user opens the details
+  await card.getByTestId('details').locator(':scope > summary').click();
+  // Then the lock lists what the kernel's venv holds and the base image's digest
+  const lock = card.getByTestId('env-lock');
+  await expect(lock.getByTestId('lock-pip')).toContainText('ipykernel==');
+  await expect(lock.getByTestId('lock-pip_base')).toBeVisible();
+  await expect(lock.getByTestId('lock-base-image')).toHaveText(
+    env.lock.base.image
+  );
+  await expect(lock.getByTestId('lock-base-digest')).toHaveText(
+    env.lock.base.digest || 'none (a local image)'
+  );
+  await card.getByTestId('operation-log-toggle').click();
+  await card.screenshot({ path: path.join(SCREENSHOTS, 'panel-lock.png') });
+  await card.getByTestId('details').locator(':scope > summary').click();
+
+  if (status.registry) {
+    // When the user opens the sharing section, the registry is asked (not before)
+    const sharing = card.getByTestId('sharing');
+    expect(registryAsked).toEqual([]);
+    await sharing.locator(':scope > summary').click();
+    await expect(sharing.getByTestId('registry-image')).toHaveText(
+      env.registry
+    );
+    await expect(sharing.getByTestId('registry-state')).toHaveText(
+      'not in the registry'
+    );
+    // and pushes the image
+    await sharing.getByTestId('push').click();
+    // Then the push runs as an operation and the registry is asked again when it ends
+    await expect(card.getByTestId('operation')).toHaveAttribute(
+      'data-operation-state',
+      'succeeded',
+      { timeout: BUILD_TIMEOUT }
+    );
+    await expect(card.getByTestId('operation')).toHaveAttribute(
+      'data-operation-kind',
+      'push'
+    );
+    await expect(sharing.getByTestId('registry-state')).toHaveText(
+      'in the registry'
+    );
+    await card.screenshot({
+      path: path.join(SCREENSHOTS, 'panel-shared.png')
+    });
+  }
 
   // When the user opens a notebook on the environment's kernel and runs a cell
+  // (a kernel size the server refuses is explained next to its field)
+  await card
+    .getByTestId('kernel-resources')
+    .locator(':scope > summary')
+    .click();
+  await card.getByTestId('kernel-memory').fill('lots');
+  await card.getByTestId('open-notebook').click();
+  await expect(card.getByTestId('field-error-memory')).toContainText('memory');
+  await card.getByTestId('kernel-memory').fill('');
   await card.getByTestId('open-notebook').click();
   const notebook = page.locator('.jp-NotebookPanel:visible');
   await expect(notebook).toBeVisible();
