@@ -30,7 +30,7 @@ from jupyter_docker_env.broker.policy import (
     user_key,
 )
 from jupyter_docker_env.containers import hardening
-from jupyter_docker_env.environments.spec import EnvSpec
+from jupyter_docker_env.models import EnvSpec
 
 ALICE = Identity("alice", groups=("students",))
 BOB = Identity("bob")

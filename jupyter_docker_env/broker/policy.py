@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 from .. import labels as L
 from ..containers import ContainerFile, ContainerRequest
-from ..environments.spec import ENV_KEY_RE, IMAGE_RE, NAME_RE, EnvSpec
+from ..environments.spec import ENV_KEY_RE, IMAGE_RE, NAME_RE
 from ..kernels.resources import human_size, parse_cpus, parse_memory
-from ..models import BuildOptions, FieldError
+from ..models import BuildOptions, EnvSpec, FieldError
 
 #: Highest uid or gid the broker hands out (Linux ids are 32-bit; 2**32-1 means "none").
 MAX_ID = 2**31 - 1

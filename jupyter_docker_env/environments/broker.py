@@ -330,6 +330,7 @@ class BrokerEnvironmentManager(EnvironmentManager):
                 api_version=info.get("api_version"),
                 reason=info.get("reason"),
                 builder=info.get("builder"),
+                runtimes=runtimes,
             ),
             gpu=GpuStatus(available=gpu_reason is None, runtimes=runtimes, reason=gpu_reason),
             allowed_bases=tuple(user["allowed_bases"]),
