@@ -553,6 +553,10 @@ class Engine:
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
         return list(self._call(self.client.api.networks, filters={"label": filters}))
 
+    def remove_volume(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(self.client.api.remove_volume, name, force=True)
+
     def volume_exists(self, name: str) -> bool:
         try:
             self._call(self.client.api.inspect_volume, name)

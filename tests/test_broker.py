@@ -35,7 +35,7 @@ from traitlets.config import Config
 import jupyter_docker_env
 from jupyter_docker_env import labels as L
 from jupyter_docker_env.broker.app import DockerEnvBroker
-from jupyter_docker_env.broker.policy import user_key
+from jupyter_docker_env.broker.policy import CONTAINER_KEYS, user_key
 from jupyter_docker_env.engine import Engine
 
 from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, jde_free_port
@@ -209,11 +209,12 @@ def check(response: requests.Response, status: int, path: str, method: str) -> A
     return body
 
 
-def build(broker: Running, token: str, name: str, files: dict[str, str]) -> dict[str, Any]:
+def build(
+    broker: Running, token: str, name: str, files: dict[str, str], **extra: Any
+) -> dict[str, Any]:
     """Start a build, follow it to its end; return the last answer."""
-    started = check(
-        broker.call("POST", "builds", token, {"name": name, "files": files}), 202, "/builds", "POST"
-    )
+    body = {"name": name, "files": files, **extra}
+    started = check(broker.call("POST", "builds", token, body), 202, "/builds", "POST")
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         op = check(broker.call("GET", f"builds/{started['id']}", token), 200, "/builds/{id}", "GET")
@@ -307,6 +308,30 @@ def test_builds_outside_the_policy_are_refused_before_anything_runs(jde_broker: 
     )
     assert "your limit is 0" in check(quota, 403, "/builds", "POST")["message"]
     assert any('"verdict": "refused"' in line and "evil" in line for line in jde_broker.audit)
+
+
+def test_admins_build_shared_environments_that_every_user_may_run(
+    jde_broker: Running, alice_image: str
+) -> None:
+    # Given an admin's shared environment (bob may not build one)
+    files = {"docker-env.toml": 'env = { TEAM = "yes" }\n'}
+    refused = jde_broker.call(
+        "POST", "builds", "tok-bob", {"name": "team", "files": files, "shared": True}
+    )
+    assert "only hub administrators" in check(refused, 403, "/builds", "POST")["message"]
+    op = build(jde_broker, "tok-carol", "team", files, shared=True)
+    assert op["state"] == "succeeded", op["log"][-20:]
+    shared = f"{PREFIX}/shared/team:latest"
+    # Then alice sees it and runs it, but cannot delete it
+    mine = check(jde_broker.call("GET", "images"), 200, "/images", "GET")["images"]
+    assert any(shared in row["tags"] and row["namespace"] == f"{PREFIX}/shared" for row in mine)
+    started = jde_broker.call("POST", "containers", body=run_body(shared, command=["true"]))
+    assert check(started, 201, "/containers", "POST")["id"]
+    assert jde_broker.call("DELETE", f"containers/{started.json()['id']}").status_code == 204
+    gone = jde_broker.call("DELETE", f"images/team?namespace={PREFIX}/shared")
+    assert gone.status_code == 404
+    removed = jde_broker.call("DELETE", f"images/team?namespace={PREFIX}/shared", "tok-carol")
+    assert shared in check(removed, 200, "/images/{name}", "DELETE")["removed"]
 
 
 # -- containers ------------------------------------------------------------------------------
@@ -433,23 +458,7 @@ value = st.recursive(
     ),
     max_leaves=8,
 )
-KEYS = [
-    "role",
-    "image",
-    "command",
-    "working_dir",
-    "environment",
-    "labels",
-    "home",
-    "ports",
-    "files",
-    "instance",
-    "resources",
-    "privileged",
-    "uid",
-    "mounts",
-    "network_mode",
-]
+KEYS = [*CONTAINER_KEYS, "privileged", "uid", "mounts", "network_mode"]
 
 
 @st.composite

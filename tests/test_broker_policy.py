@@ -29,7 +29,8 @@ from jupyter_docker_env.broker.policy import (
     parse_user_spec,
     user_key,
 )
-from jupyter_docker_env.containers import hardening
+from jupyter_docker_env.containers import ContainerFile, ContainerRequest, hardening
+from jupyter_docker_env.containers.broker import request_body
 from jupyter_docker_env.models import EnvSpec
 
 ALICE = Identity("alice", groups=("students",))
@@ -305,6 +306,44 @@ def test_the_accepted_container_is_confined_to_the_users_workspace_and_network()
     assert request.labels[L.HUB_USER] == "alice"
     assert request.labels[L.SERVER] == "c0ffee"
     assert request.instance_id == "hub-alice.srv-0123456789abcdef"
+
+
+def test_what_a_single_user_server_sends_is_what_the_broker_accepts() -> None:
+    # Given a kernel's request as the provisioner describes it for the broker back end
+    request = ContainerRequest(
+        role="kernel",
+        name="jupyter-kernel-1",
+        image="jde/u-alice/demo:latest",
+        command=("python", "-m", "ipykernel_launcher", "-f", "/run/jupyter-docker-env/kernel.json"),
+        workspace="/home/jovyan/work",
+        working_dir="/home/jovyan/work/analysis",
+        uid=0,  # never sent: the broker decides
+        gid=0,
+        instance_id="srv-0123456789abcdef",
+        environment={"HOME": "/home/jupyter", "LANG": "C.UTF-8"},
+        labels={L.KERNEL_ID: "k", L.ENV: "demo"},
+        nano_cpus=15 * 10**8,
+        mem_limit=512 * 1024**2,
+        pids_limit=128,
+        ports=(20001, 20002, 20003, 20004, 20005),
+        files=(ContainerFile("/run/jupyter-docker-env/kernel.json", b"{}", 0o400),),
+    )
+    body = request_body(request)
+    assert "uid" not in body
+    assert "workspace" not in body
+    # When the broker decides, then it keeps what was asked and adds the rest itself
+    intent = decide_container(body, ALICE, POLICY)
+    mine = container_request(intent, ALICE, POLICY, "n")
+    assert (mine.uid, mine.gid) == (1000, 100)
+    assert (mine.mem_limit, mine.nano_cpus, mine.pids_limit) == (512 * 1024**2, 15 * 10**8, 128)
+    assert mine.files == request.files
+    assert mine.working_dir == request.working_dir
+    assert mine.ports == request.ports
+    gpus = request_body(
+        ContainerRequest(**{**request.__dict__, "device_requests": ({"count": -1},)})
+    )
+    with pytest.raises(Refused, match="ask for a number of GPUs"):
+        decide_container(gpus, ALICE, POLICY)
 
 
 def test_builds_name_their_environment_and_send_text_files_only() -> None:

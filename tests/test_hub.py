@@ -161,13 +161,8 @@ class Hub:
     def api(
         self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200,)
     ) -> Any:
-        answer = requests.request(
-            method,
-            f"{self.url}hub/api/{path}",
-            headers={"Authorization": f"token {self.driver}"},
-            data=None if body is None else json.dumps(body),
-            timeout=60,
-        )
+        """The hub's REST API, as the test driver service."""
+        answer = call(method, f"{self.url}hub/api/{path}", self.driver, body)
         assert answer.status_code in expect, f"{method} {path}: {answer.status_code} {answer.text}"
         return answer.json() if answer.text else None
 
@@ -175,27 +170,25 @@ class Hub:
         self, user: str, path: str, method: str = "GET", body: Any = None, token: str = ""
     ) -> requests.Response:
         """A call to a user's single-user server, through the proxy, with a user's token."""
-        return requests.request(
-            method,
-            f"{self.url}user/{user}/{path}",
-            headers={"Authorization": f"token {token or self.tokens[user]}"},
-            data=None if body is None else json.dumps(body),
-            timeout=120,
-        )
+        return call(method, f"{self.url}user/{user}/{path}", token or self.tokens[user], body)
 
     def broker_call(self, user: str, method: str, path: str, body: Any = None) -> requests.Response:
         """What a user could do from their server: call the broker with their own token."""
-        return requests.request(
-            method,
-            f"{self.broker}api/{path}",
-            headers={"Authorization": f"token {self.tokens[user]}"},
-            data=None if body is None else json.dumps(body),
-            timeout=60,
-        )
+        return call(method, f"{self.broker}api/{path}", self.tokens[user], body)
 
     def audit(self) -> list[dict[str, Any]]:
         lines = (self.folder / "audit.log").read_text().splitlines()
         return [json.loads(line.split(" audit ", 1)[1]) for line in lines if " audit " in line]
+
+
+def call(method: str, url: str, token: str, body: Any = None) -> requests.Response:
+    return requests.request(
+        method,
+        url,
+        headers={"Authorization": f"token {token}"},
+        data=None if body is None else json.dumps(body),
+        timeout=120,
+    )
 
 
 def _wait(what: str, check: Any, seconds: float = 120, every: float = 0.25) -> Any:
@@ -324,11 +317,7 @@ c.JupyterHub.load_roles = [
             if (folder / name).exists():
                 print(f"--- {name}\n" + (folder / name).read_text()[-8000:])
         for user in USERS:
-            requests.delete(
-                f"{hub.url}hub/api/users/{user}/server",
-                headers={"Authorization": f"token {driver}"},
-                timeout=60,
-            )
+            call("DELETE", f"{hub.url}hub/api/users/{user}/server", driver)
         if hub_process.poll() is None:
             os.killpg(hub_process.pid, signal.SIGTERM)
             try:
@@ -353,11 +342,7 @@ def _remove_everything(engine: Engine, network: str) -> None:
         for image in engine.images(reference=f"{IMAGES}/u-{user_key(user)}/*"):
             for ref in image.get("RepoTags") or []:
                 engine.remove_image(ref, force=True)
-        subprocess.run(
-            ["docker", "volume", "rm", "-f", f"{PREFIX}-user-{user_key(user)}"],
-            capture_output=True,
-            check=False,
-        )
+        engine.remove_volume(f"{PREFIX}-user-{user_key(user)}")
     engine.remove_network(network)
 
 

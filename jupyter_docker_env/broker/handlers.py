@@ -15,6 +15,7 @@ from tornado import web
 
 from ..containers import ContainerError
 from ..engine import EngineError, EngineUnavailable
+from ..models import nesting_depth
 from .identity import HubUnavailable, HubUsers, Unauthenticated
 from .policy import ConfigError, Identity, Refused
 from .service import Broker
@@ -95,7 +96,7 @@ class BrokerHandler(web.RequestHandler):
             data = json.loads(self.request.body)
         except (ValueError, RecursionError) as exc:
             raise Refused(400, f"the request body is not valid JSON: {exc}") from None
-        if _depth(data) > MAX_DEPTH:
+        if nesting_depth(data, MAX_DEPTH) > MAX_DEPTH:
             raise Refused(400, "the request body is nested too deeply")
         return data
 
@@ -112,16 +113,6 @@ class BrokerHandler(web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
 
 
 def operation_json(op: Any, name: str, offset: int = 0) -> dict[str, Any]:

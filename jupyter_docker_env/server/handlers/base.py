@@ -17,7 +17,7 @@ from tornado import web
 
 from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
-from ...models import FieldError
+from ...models import FieldError, nesting_depth
 from ...operations import OperationFailed
 
 if TYPE_CHECKING:
@@ -105,7 +105,7 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
-        if _depth(body) > MAX_BODY_DEPTH:
+        if nesting_depth(body, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
             raise ApiError(400, "the request body is nested too deeply")
         return body
 
@@ -118,13 +118,3 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_BODY_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
