@@ -33,7 +33,7 @@ import docker
 import docker.errors
 from docker.types import DeviceRequest
 
-from .labels import MANAGED, label_instruction
+from .labels import MANAGED, ROLE, label_instruction
 from .models import EngineStatus
 
 T = TypeVar("T")
@@ -442,25 +442,38 @@ class Engine:
         return str(image_id)
 
     def run_output(self, image: str, command: list[str], timeout: int = 120) -> str:
-        """Run ``command`` in a throwaway container of ``image`` and return its stdout."""
-        container = self._call(
-            self.client.containers.create,
+        """Run ``command`` in a throwaway, confined container of ``image``; return its stdout.
+
+        It runs as nobody, without network, capabilities or a writable root: reading what an
+        image holds (its lock) needs none of them.
+        """
+        attrs = self.create_container(
             image,
-            command,
-            labels={MANAGED: "true"},
-            network_disabled=True,
+            command=command,
             entrypoint=[],
+            labels={MANAGED: "true", ROLE: "inspect"},
+            user="65534:65534",
+            network_disabled=True,
+            read_only=True,
+            tmpfs={"/tmp": "size=64m"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            pids_limit=64,
+            mem_limit=512 * 1024**2,
         )
+        container_id = str(attrs["Id"])
         try:
-            container.start()
-            result = container.wait(timeout=timeout)
-            out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            self.start_container(container_id)
+            result = self._call(self.client.api.wait, container_id, timeout=timeout)
+            logs = self.client.api.logs
+            out = self._call(logs, container_id, stdout=True, stderr=False)
             if result.get("StatusCode", 1) != 0:
-                err = container.logs(stdout=False, stderr=True).decode(errors="replace")
-                raise EngineError(f"`{' '.join(command)}` failed in {image}: {err.strip()}")
-            return str(out)
+                err = bytes(self._call(logs, container_id, stdout=False, stderr=True))
+                reason = err.decode(errors="replace").strip()
+                raise EngineError(f"`{' '.join(command)}` failed in {image}: {reason}")
+            return bytes(out).decode(errors="replace")
         finally:
-            container.remove(force=True)
+            self.remove_container(container_id)
 
     # -- containers ------------------------------------------------------------------------
     def create_container(self, image: str, **kwargs: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,16 @@ from jupyter_docker_env.labels import label
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+# Every container the extension creates, in this process and in every Python process the tests
+# start, is checked for confinement where it is created (tests/audit/jde_confinement.py).
+AUDIT = REPO / "tests" / "audit"
+sys.path.insert(0, str(AUDIT))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(AUDIT), os.environ.get("PYTHONPATH")]))
+import jde_confinement  # noqa: E402
+
+jde_confinement.install(Engine)
+JDE_FIXTURE_LABEL = jde_confinement.FIXTURE
 
 # The image prefix of every test environment. Test runs side by side on one engine (e.g. in
 # two checkouts) set their own, so neither sweeps the other's images.
@@ -115,7 +126,14 @@ def jde_build_image(engine: Engine, dockerfile: str, tag: str, files: dict[str, 
     return tag
 
 
-__all__ = ["CA_BUNDLE", "JDE_PREFIX", "JDE_SESSION", "JDE_TEST_LABEL", "JDE_TEST_LABELS"]
+__all__ = [
+    "CA_BUNDLE",
+    "JDE_FIXTURE_LABEL",
+    "JDE_PREFIX",
+    "JDE_SESSION",
+    "JDE_TEST_LABEL",
+    "JDE_TEST_LABELS",
+]
 
 
 # -- kernel image (appended for the provisioner tests) -------------------------------------------

@@ -16,7 +16,7 @@ from openapi_schema_validator import OAS30Validator
 import jupyter_docker_env
 from jupyter_docker_env.labels import label
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
+from .conftest import CA_BUNDLE, JDE_FIXTURE_LABEL, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
 
 API = "jupyter-docker-env/api"
 OPENAPI = yaml.safe_load((Path(jupyter_docker_env.__file__).parent / "openapi.yaml").read_text())
@@ -314,13 +314,22 @@ async def test_server_start_sweeps_kernel_containers_a_crash_left_behind(
     orphan = jde_engine.create_container(
         jde_base_image,
         command=["sleep", "600"],
-        labels={LABEL_INSTANCE: instance, label("managed"): "true", JDE_TEST_LABEL: JDE_SESSION},
+        labels={
+            LABEL_INSTANCE: instance,
+            label("managed"): "true",
+            JDE_TEST_LABEL: JDE_SESSION,
+            JDE_FIXTURE_LABEL: "1",
+        },
     )
     jde_engine.start_container(orphan["Id"])
     other = jde_engine.create_container(
         jde_base_image,
         command=["sleep", "600"],
-        labels={LABEL_INSTANCE: "srv-another-server", JDE_TEST_LABEL: JDE_SESSION},
+        labels={
+            LABEL_INSTANCE: "srv-another-server",
+            JDE_TEST_LABEL: JDE_SESSION,
+            JDE_FIXTURE_LABEL: "1",
+        },
     )
     # When the server (re)starts
     ext = jp_serverapp.web_app.settings["docker_env"]
