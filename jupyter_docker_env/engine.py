@@ -570,12 +570,11 @@ class Engine:
         with contextlib.suppress(docker.errors.NotFound):
             self._call(self.client.api.remove_volume, name, force=True)
 
-    def volume_exists(self, name: str) -> bool:
+    def inspect_volume(self, name: str) -> dict[str, Any] | None:
         try:
-            self._call(self.client.api.inspect_volume, name)
+            return self._call(self.client.api.inspect_volume, name)  # type: ignore[no-any-return]
         except docker.errors.NotFound:
-            return False
-        return True
+            return None
 
     # -- kernels (used by the provisioner) -----------------------------------------------
     def system_info(self) -> dict[str, Any]:

@@ -303,6 +303,12 @@ def test_builds_outside_the_policy_are_refused_before_anything_runs(jde_broker: 
         "POST", "builds", body={"name": "p", "files": {"docker-env.toml": "privileged = true\n"}}
     )
     assert "unknown key 'privileged'" in check(spec, 400, "/builds", "POST")["message"]
+    clash = jde_broker.call(
+        "POST",
+        "builds",
+        body={"name": "c", "files": {"requirements.txt": "six", "requirements.txt/x": "y"}},
+    )
+    assert "both a file and a folder" in check(clash, 400, "/builds", "POST")["message"]
     quota = jde_broker.call(
         "POST", "builds", "tok-bob", {"name": "x", "files": {"requirements.txt": "six\n"}}
     )
@@ -393,6 +399,35 @@ def test_a_run_is_confined_and_belongs_to_its_user(
     finally:
         assert jde_broker.call("DELETE", f"containers/{cid}").status_code == 204
     assert jde_broker.call("GET", f"containers/{cid}").status_code == 404
+
+
+def test_a_working_directory_through_a_planted_symlink_is_not_followed(
+    jde_broker: Running, alice_image: str, jde_engine: Engine
+) -> None:
+    # Given alice's workspace holds a symlink out of it
+    link = jde_broker.workspaces / user_key(ALICE) / "escape"
+    link.symlink_to("/proc/self/fd/7")
+    try:
+        # When she asks for a run whose working directory goes through it
+        body = run_body(alice_image, command=["true"], working_dir=f"{WORKSPACE_PATH}/escape")
+        started = check(
+            jde_broker.call("POST", "containers", body=body), 201, "/containers", "POST"
+        )
+        # Then the run starts in the workspace itself; a real folder is kept
+        attrs = jde_engine.inspect_container(started["id"])
+        assert attrs is not None
+        assert attrs["Config"]["WorkingDir"] == WORKSPACE_PATH
+        jde_broker.call("DELETE", f"containers/{started['id']}")
+        body["working_dir"] = f"{WORKSPACE_PATH}/analysis"
+        started = check(
+            jde_broker.call("POST", "containers", body=body), 201, "/containers", "POST"
+        )
+        attrs = jde_engine.inspect_container(started["id"])
+        assert attrs is not None
+        assert attrs["Config"]["WorkingDir"] == f"{WORKSPACE_PATH}/analysis"
+        jde_broker.call("DELETE", f"containers/{started['id']}")
+    finally:
+        link.unlink()
 
 
 def test_a_kernel_gets_its_ports_on_the_users_network(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import string
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from jupyter_docker_env.broker.policy import (
 )
 from jupyter_docker_env.containers import ContainerFile, ContainerRequest, hardening
 from jupyter_docker_env.containers.broker import request_body
+from jupyter_docker_env.environments.dockerfile import render
 from jupyter_docker_env.models import EnvSpec
 
 ALICE = Identity("alice", groups=("students",))
@@ -187,6 +189,24 @@ def test_dockerfile_environments_are_off_unless_allowed() -> None:
         check_environment(
             spec, "FROM python:3.12-slim\nCOPY --from=evil:1 / /\n", ALICE, open_policy
         )
+
+
+def test_dockerfiles_may_not_use_the_build_caches_other_users_builds_use() -> None:
+    spec = EnvSpec(name="x", kind="dockerfile")
+    allowed = Policy(**{**POLICY.__dict__, "allow_dockerfile": True})
+    for mount in ("--mount=type=cache,target=/root/.cache/pip", "--mount=target=/x,type=cache"):
+        with pytest.raises(Refused, match="cache mounts"):
+            check_environment(spec, f"FROM debian:12\nRUN {mount} true\n", ALICE, allowed)
+
+
+def test_each_users_builds_get_their_own_download_caches() -> None:
+    spec = EnvSpec(name="x", kind="spec", base="debian:12", pip=("six",), apt=("git",))
+    shared = render(spec, Path("."), cache_mounts=True)
+    alices = render(spec, Path("."), cache_mounts=True, cache_scope="u-alice")
+    assert "id=docker-env-pip," in shared
+    assert "id=docker-env-pip-u-alice," in alices
+    assert "id=docker-env-apt-lists-u-alice," in alices
+    assert "id=docker-env-pip," not in alices
 
 
 @pytest.mark.parametrize(

@@ -456,6 +456,12 @@ def check_environment(spec: EnvSpec, dockerfile: str | None, who: Identity, poli
             )
         for where, ref in dockerfile_images(dockerfile or ""):
             check_base(ref, policy, where)
+        if re.search(r"--mount=(?:[^ ]*,)?type=cache", dockerfile or ""):
+            raise denied(
+                "Dockerfile: cache mounts (RUN --mount=type=cache) are not allowed on this hub: "
+                "builds of different users would share them",
+                "Dockerfile",
+            )
         return
     check_base(spec.base or policy.default_base, policy)
 

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
@@ -84,6 +85,23 @@ class ImageRow:
             "labels": self.labels,
             "namespace": self.namespace,
         }
+
+
+def _plain_folder(host_root: str, mount: str, working_dir: str) -> str:
+    """``working_dir`` when each of its folders in the workspace is a real folder, else the
+    workspace itself: a symlink the user planted (to /proc/self/fd/…, say) is never followed
+    when the container starts. Blocking."""
+    path = host_root
+    for part in os.path.relpath(working_dir, mount).split("/"):
+        if part in (".", ""):
+            continue
+        path = os.path.join(path, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return mount
+        except OSError:
+            return mount
+    return working_dir
 
 
 def added_size(row: ImageRow, sizes: dict[str, int]) -> int:
@@ -310,10 +328,14 @@ class Broker:
         try:
             for rel, data in intent.files.items():
                 path = folder / rel
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if path.exists():
-                    raise Refused(400, f"files: {rel} is both a file and a folder", "files")
-                path.write_bytes(data)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with path.open("xb") as out:
+                        out.write(data)
+                except OSError:
+                    raise Refused(
+                        400, f"files: {rel} is both a file and a folder", "files"
+                    ) from None
             try:
                 spec = load(folder, self.policy.default_base)
             except SpecError as exc:
@@ -337,6 +359,9 @@ class Broker:
             image_prefix=intent.namespace,
             owner=who.name,
             extra_labels={**self.build_settings.extra_labels, L.HUB_USER: who.name},
+            # a build runs code as root with its download caches writable: one user's builds
+            # must not plant files that another user's builds install
+            cache_scope=intent.namespace.rpartition("/")[2],
         )
         builder = ImageBuilder(self.engine, settings)
         limits = self.policy.limits_for(who)
@@ -406,7 +431,13 @@ class Broker:
                         f"you have {len(running)} {intent.role}s running (your limit is {cap}):"
                         " stop one first",
                     )
-                await self._check_workspace(who)
+                host_root = await self._workspace_on_host(who)
+                intent = replace(
+                    intent,
+                    working_dir=await self.engine.run(
+                        _plain_folder, host_root, self.policy.workspace_path, intent.working_dir
+                    ),
+                )
                 server = await self._join_network(who, peer) if intent.ports else ""
                 if not intent.ports:
                     await self._network(who)
@@ -426,18 +457,21 @@ class Broker:
         if own and labels.get(L.HUB_USER) != who.name:
             raise Refused(404, f"image: {image} is not one of your environments' images")
 
-    async def _check_workspace(self, who: Identity) -> None:
+    async def _workspace_on_host(self, who: Identity) -> str:
+        """Where the user's workspace (a folder, or a named volume) is on this host."""
         workspace = self.policy.workspace(who)
         if os.path.isabs(workspace):
-            exists = await self.engine.run(os.path.isdir, workspace)
+            found = workspace if await self.engine.run(os.path.isdir, workspace) else ""
         else:
-            exists = await self.engine.run(self.engine.volume_exists, workspace)
-        if not exists:
+            volume = await self.engine.run(self.engine.inspect_volume, workspace)
+            found = str((volume or {}).get("Mountpoint") or "")
+        if not found:
             raise Refused(
                 409,
                 f"your workspace {workspace} does not exist yet: start your hub server once, "
                 "then try again",
             )
+        return found
 
     async def _network(self, who: Identity) -> str:
         """The user's own bridge network, created on first use."""

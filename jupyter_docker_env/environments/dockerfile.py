@@ -24,14 +24,14 @@ VENV = "/opt/venv"
 INPUTS = "/opt/docker-env"
 CA_PATH = f"{INPUTS}/{CA_FILE}"
 CACHE = "/var/cache/docker-env"
-PIP_CACHE = "--mount=type=cache,id=docker-env-pip,target=/root/.cache/pip,sharing=locked"
-# apt keeps its downloads out of /var/cache/apt, which Docker's official images clean after
-# every install, and its package lists in their usual place.
-APT_CACHE = (
-    f"--mount=type=cache,id=docker-env-apt,target={CACHE}/apt,sharing=locked "
-    "--mount=type=cache,id=docker-env-apt-lists,target=/var/lib/apt/lists,sharing=locked"
-)
-CONDA_CACHE = f"--mount=type=cache,id=docker-env-conda,target={CACHE}/conda,sharing=locked"
+
+
+def _cache(name: str, target: str, scope: str) -> str:
+    """A BuildKit cache mount. Builds of one ``scope`` share it, and only they: a build runs
+    code as root with the mount writable, so the broker gives each hub user their own scope."""
+    scoped = f"docker-env-{name}" + (f"-{scope}" if scope else "")
+    return f"--mount=type=cache,id={scoped},target={target},sharing=locked"
+
 
 DOCKERIGNORE_HEADER = f"""{GENERATED_MARK}: the build context is only what the Dockerfile
 # copies, so data, .git, checkpoints and model files never reach the image.
@@ -56,8 +56,16 @@ def _quoted(items: tuple[str, ...] | list[str]) -> str:
 
 
 class _Renderer:
-    def __init__(self, cache_mounts: bool) -> None:
+    def __init__(self, cache_mounts: bool, cache_scope: str = "") -> None:
         self.cache_mounts = cache_mounts
+        self.pip_cache = _cache("pip", "/root/.cache/pip", cache_scope)
+        # apt keeps its downloads out of /var/cache/apt, which Docker's official images clean
+        # after every install, and its package lists in their usual place.
+        self.apt_cache = (
+            f"{_cache('apt', f'{CACHE}/apt', cache_scope)} "
+            f"{_cache('apt-lists', '/var/lib/apt/lists', cache_scope)}"
+        )
+        self.conda_cache = _cache("conda", f"{CACHE}/conda", cache_scope)
 
     def run(self, *commands: str, mounts: str = "") -> str:
         prefix = f"RUN {mounts} " if self.cache_mounts and mounts else "RUN "
@@ -65,7 +73,7 @@ class _Renderer:
 
     def pip(self, args: str) -> str:
         if self.cache_mounts:
-            return self.run(f"pip install {args}", mounts=PIP_CACHE)
+            return self.run(f"pip install {args}", mounts=self.pip_cache)
         return self.run(f"pip install --no-cache-dir {args}")
 
     def apt(self, packages: tuple[str, ...]) -> str:
@@ -78,12 +86,12 @@ class _Renderer:
             f"mkdir -p {CACHE}/apt/partial",
             "apt-get update",
             f"{install} -o Dir::Cache::Archives={CACHE}/apt {_quoted(packages)}",
-            mounts=APT_CACHE,
+            mounts=self.apt_cache,
         )
 
     def conda(self, command: str) -> str:
         if self.cache_mounts:
-            return self.run(f"CONDA_PKGS_DIRS={CACHE}/conda {command}", mounts=CONDA_CACHE)
+            return self.run(f"CONDA_PKGS_DIRS={CACHE}/conda {command}", mounts=self.conda_cache)
         return self.run(command, "conda clean -afy")
 
 
@@ -92,13 +100,14 @@ def render(
     folder: Path,
     *,
     cache_mounts: bool = False,
+    cache_scope: str = "",
     labels: dict[str, str] | None = None,
 ) -> str:
     """The Dockerfile for a spec-kind environment (Dockerfile-kind folders are used as is).
 
     ``labels`` become one LABEL instruction (the legacy builder makes a step of each ``--label``).
     """
-    r = _Renderer(cache_mounts)
+    r = _Renderer(cache_mounts, cache_scope)
     source = SPEC_FILE if spec.kind == "spec" else (spec.requirements or spec.environment)
     base, apt = spec.base, spec.apt
     out = [

@@ -55,6 +55,8 @@ class BuildSettings:
     registry_auth: dict[str, str] | None = None
     owner: str = ""
     extra_labels: dict[str, str] = field(default_factory=dict)
+    #: Separates BuildKit's download caches (see dockerfile.render); "": one for all builds.
+    cache_scope: str = ""
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,7 @@ class ImageBuilder:
                     plan.spec,
                     plan.folder,
                     cache_mounts=buildkit,
+                    cache_scope=self.settings.cache_scope,
                     labels=None if buildkit else labels,
                 )
             path = Path(tmp) / "Dockerfile"
