@@ -138,7 +138,7 @@ def jde_broker(jde_engine: Engine, jde_base_image: str) -> Iterator[Running]:
         limits={"memory": "1g", "cpus": 1, "runs": 1, "kernels": 50, "builds": 1},
         user_limits={BOB: {"images": 0}},
         group_limits={"gpu-users": {"gpus": 1}},
-        ca_bundle=CA_BUNDLE or "",
+        ca_bundle=CA_BUNDLE or "/etc/ssl/certs/ca-certificates.crt",
         reap_interval=0.0,
     )
     app = DockerEnvBroker(config=config)

@@ -13,6 +13,7 @@ Registry sharing is the administrator's business on a shared hub: push and pull 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -211,8 +212,9 @@ class BrokerImageBuilder(ImageBuilder):
             if data["state"] not in ("queued", "running"):
                 break
             if op.cancelled and not cancelling:
-                self.client.request("DELETE", f"builds/{operation_id}")
                 cancelling = True
+                with contextlib.suppress(BrokerError):  # it ended meanwhile: the next answer says
+                    self.client.request("DELETE", f"builds/{operation_id}")
             time.sleep(POLL_SECONDS)
         if data["state"] == "cancelled":
             raise Cancelled()
