@@ -35,8 +35,12 @@ from traitlets.config import Config
 import jupyter_docker_env
 from jupyter_docker_env import labels as L
 from jupyter_docker_env.broker.app import DockerEnvBroker
+from jupyter_docker_env.broker.client import BrokerClient
 from jupyter_docker_env.broker.policy import CONTAINER_KEYS, user_key
+from jupyter_docker_env.config import DockerEnvConfig
 from jupyter_docker_env.engine import Engine
+from jupyter_docker_env.environments.broker import BrokerEnvironmentManager
+from jupyter_docker_env.models import BuildOptions
 
 from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, jde_free_port
 
@@ -556,3 +560,70 @@ def test_fuzzed_requests_never_fail_and_never_start_a_container_outside_policy(
     jde_broker.call("POST", "sweep", body={"instance": "fuzz"})
     assert sum(seen.values()) >= 1000
     assert seen.get(201, 0) > 0, seen  # some were accepted, and checked on the engine
+
+
+# -- the single-user side: the environment service through the broker ------------------------
+def manager(broker: Running, token: str, root: Path, shared: Path) -> BrokerEnvironmentManager:
+    """A single-user server's environment service, as the server builds it."""
+    settings = DockerEnvConfig(shared_env_dirs=[str(shared)])
+    client = BrokerClient(url=broker.url, token=token)
+    return BrokerEnvironmentManager(
+        settings=settings,
+        root_dir=root,
+        engine=Engine(),
+        kernels_dir=root / ".kernels",
+        client=client,
+    )
+
+
+async def test_a_servers_environments_are_built_by_the_broker_and_shared_ones_by_admins(
+    jde_broker: Running, jde_tmp: Path
+) -> None:
+    # Given alice's server and an admin's, and an environment an administrator provides
+    shared = jde_tmp / "shared"
+    (shared / "team").mkdir(parents=True)
+    (shared / "team" / "docker-env.toml").write_text('env = { TEAM = "2" }\n')
+    alice = manager(jde_broker, "tok-alice", jde_tmp / "alice", shared)
+    carol = manager(jde_broker, "tok-carol", jde_tmp / "carol", shared)
+    try:
+        # When alice creates and builds her own environment
+        created = await alice.create({"name": "mine", "pip": ["six"]})
+        assert created.spec is not None
+        assert created.spec.base == jde_broker.app.default_base  # the broker's default base
+        op = alice.build(await alice.location("mine"), BuildOptions())
+        await op.wait()
+        assert op.state == "succeeded", op.log[-20:]
+        # Then it is built in her namespace, its lock is written, and its kernel uses the broker
+        mine = await alice.get("mine")
+        assert mine.state == "built"
+        assert mine.image is not None
+        assert mine.image.tag.startswith(f"{PREFIX}/u-{user_key(ALICE)}/mine:")
+        assert (jde_tmp / "alice" / "environments" / "mine" / "docker-env.lock").is_file()
+        (spec,) = [s for s in alice.kernel_specs() if s["metadata"]["docker_env"]["env"] == "mine"]
+        config = spec["metadata"]["kernel_provisioner"]["config"]
+        assert config["backend"] == "broker"
+        assert config["image"] == f"{PREFIX}/u-{user_key(ALICE)}/mine:latest"
+        # And the administrator's environment is read-only for her: only an admin builds it
+        team = await alice.get("team")
+        assert team.readonly
+        op = alice.build(await alice.location("team"), BuildOptions())
+        await op.wait()
+        assert op.state == "failed"
+        assert "only hub administrators" in (op.error or "")
+        op = carol.build(await carol.location("team"), BuildOptions())
+        await op.wait()
+        assert op.state == "succeeded", op.log[-20:]
+        team = await alice.get("team")
+        assert team.state == "built"
+        assert team.image is not None
+        assert team.image.tag.startswith(f"{PREFIX}/shared/team:")
+        # And deleting her environment removes its images from the broker
+        await alice.delete("mine")
+        assert not [r for r in alice.images.catalog() if r.name == "mine"]
+        status = (await alice.status()).to_json()
+        assert status["engine"]["available"] is True
+        assert status["default_base"] == jde_broker.app.default_base
+    finally:
+        jde_broker.call("DELETE", f"images/team?namespace={PREFIX}/shared", "tok-carol")
+        alice.close()
+        carol.close()

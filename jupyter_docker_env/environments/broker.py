@@ -14,6 +14,7 @@ Registry sharing is the administrator's business on a shared hub: push and pull 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -158,7 +159,9 @@ class BrokerImageBuilder(ImageBuilder):
         except BrokerError as exc:
             raise OperationFailed(str(exc), step=exc.field and f"spec field {exc.field}") from exc
         result = self._follow_broker(str(started["id"]), op)
-        if plan.spec.kind != "dockerfile" and plan.folder.is_dir():
+        if not os.access(plan.folder, os.W_OK):
+            return result  # an administrator's read-only environment
+        if plan.spec.kind != "dockerfile":
             # as after a local build: a colleague's plain `docker build` of the folder works
             for name, text in (
                 ("Dockerfile", dockerfile.render(plan.spec, folder)),
@@ -253,10 +256,11 @@ class BrokerEnvironmentManager(EnvironmentManager):
         root_dir: Path,
         engine: Engine,
         kernels_dir: Path | None = None,
+        client: BrokerClient | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(settings, root_dir, engine, kernels_dir, **kwargs)
-        self.client = BrokerClient.instance(parent=self)
+        self.client = client or BrokerClient.instance(parent=self)
         self.images = BrokerImageBuilder(self.client, engine, self.images.settings)
         self._who: dict[str, Any] | None = None
 
