@@ -481,6 +481,18 @@ def test_requests_outside_the_policy_are_refused_with_a_clear_message(
     assert words in check(refused, status, "/containers", "POST")["message"]
 
 
+def test_a_gpu_on_an_engine_without_gpus_is_refused_by_the_engine_in_plain_words(
+    jde_broker: Running, alice_image: str
+) -> None:
+    # carol's group may use a GPU; this engine has no NVIDIA runtime (an admin may run any image)
+    body = run_body(alice_image, command=["true"], resources={"gpus": 1, "memory": "256m"})
+    answer = check(
+        jde_broker.call("POST", "containers", "tok-carol", body), 409, "/containers", "POST"
+    )
+    assert answer["kind"] == "no-gpu-runtime"
+    assert "nvidia" in answer["message"].lower()
+
+
 def test_bob_cannot_run_alices_environment(jde_broker: Running, alice_image: str) -> None:
     refused = jde_broker.call("POST", "containers", "tok-bob", run_body(alice_image))
     assert "not one of your environments' images" in refused.json()["message"]

@@ -37,10 +37,22 @@ def _status_of(exc: BaseException | None) -> tuple[int, str, str | None, str | N
     if isinstance(exc, HubUnavailable | EngineUnavailable):
         return 503, str(exc), None, "unavailable"
     if isinstance(exc, ContainerError):
-        return 409, str(exc), None, exc.kind
+        return 409, _explained(exc), None, exc.kind
     if isinstance(exc, EngineError):
         return 409, str(exc), None, "engine"
     return None
+
+
+def _explained(exc: ContainerError) -> str:
+    """The engine's refusal in a hub user's words."""
+    if exc.kind == "no-gpu-runtime":
+        return (
+            f"GPUs were asked for, but this hub's Docker engine has no NVIDIA runtime ({exc}): "
+            "start without GPUs, or ask an administrator"
+        )
+    if exc.kind == "no-image":
+        return f"the environment's image is not on the hub's Docker engine ({exc}): build it again"
+    return f"the hub's Docker engine could not start the container: {exc}"
 
 
 class BrokerHandler(web.RequestHandler):
