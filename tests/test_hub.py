@@ -715,3 +715,7 @@ def test_kernels_of_a_server_that_died_are_removed_by_the_broker(
     )
     assert kernel_containers(jde_engine, bo)
     assert any(e["action"] == "kernel.reap" and e["user"] == ada for e in jde_hub.audit())
+    # and, at a later sweep, the network sandbox her kernels shared
+    network = f"{PREFIX}-user-{user_key(ada)}"
+    _wait("ada's sandbox to go", lambda: not jde_engine.containers({L.NETWORK: network}), 60)
+    assert jde_engine.containers({L.NETWORK: f"{PREFIX}-user-{user_key(bo)}"})

@@ -137,6 +137,7 @@ class Broker:
         self.operations = OperationManager(workers=build_workers, log=self.log)
         self._owners: dict[str, tuple[str, str]] = {}  # operation id → (user, env name)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._empty: set[str] = set()  # network sandboxes without kernels at the last reap
 
     def close(self) -> None:
         self.operations.close()
@@ -571,6 +572,7 @@ class Broker:
                 instances[instance].append(c)
         servers: dict[str, bool] = {}
         removed: list[str] = []
+        empty: set[str] = set()
         for instance, members in instances.items():
             async with self._locks[instance[len("hub-") :].partition(".")[0]]:
                 for c in members:
@@ -588,8 +590,15 @@ class Broker:
                             who, "kernel.reap", c.get("Image", ""), "removed", "its server stopped"
                         )
                 left = await self.engine.run(self.engine.containers, {L.INSTANCE: instance})
-                if all(c["Labels"].get(L.ROLE) == "sandbox" for c in left):
-                    for sandbox in left:
+                if not all(c["Labels"].get(L.ROLE) == "sandbox" for c in left):
+                    continue
+                for sandbox in left:
+                    # only when it had no kernel at the previous sweep either: a kernel that
+                    # restarts leaves it empty for a moment, and must find it again
+                    if sandbox["Id"] in self._empty:
                         await self.containers.remove(sandbox["Id"])
                         removed.append(sandbox["Id"])
+                    else:
+                        empty.add(sandbox["Id"])
+        self._empty = empty
         return removed
