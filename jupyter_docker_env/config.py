@@ -50,6 +50,14 @@ class DockerEnvConfig(LoggingConfigurable):
         help="The service that finds, builds, shares and deletes environments (a subclass of "
         "EnvironmentManager).",
     )
+    serving_manager_class = Type(
+        default_value="jupyter_docker_env.serving.manager.ServingManager",
+        klass="jupyter_docker_env.serving.manager.ServingManager",
+        config=True,
+        help="The service that builds, lists, pushes, removes and runs serving images: an "
+        "environment's runtime with a model and a handler behind an HTTP server (a subclass "
+        "of ServingManager).",
+    )
     docker_host = Unicode(
         "",
         config=True,

@@ -585,6 +585,24 @@ class Engine:
         """Unpack a tar archive into a (created or running) container; owners come from it."""
         self._call(self.client.api.put_archive, container_id, path, data)
 
+    def follow_logs(self, container_id: str) -> Iterator[str]:
+        """The container's output line by line as it comes, until the container stops."""
+        try:
+            stream = self._call(self.client.api.logs, container_id, stream=True, follow=True)
+        except docker.errors.NotFound:
+            return
+        pending = b""
+        try:
+            for chunk in stream:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode(errors="replace")
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+        if pending:
+            yield pending.decode(errors="replace")
+
     def container_logs(self, container_id: str, tail: int = 20) -> str:
         try:
             out = self._call(self.client.api.logs, container_id, tail=tail)

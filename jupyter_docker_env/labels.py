@@ -23,6 +23,16 @@ LOCK = label("lock")
 GPU = label("gpu")
 OWNER = label("owner")
 RENDERER = label("renderer")
+# serving images (their own names: a serving image is no environment's image)
+SERVING_ENV = label("serving.env")  # the environment it serves
+SERVING_SPEC_HASH = label("serving.spec-hash")  # that environment's content hash
+SERVING_ENV_IMAGE = label("serving.env-image")  # that environment's image id
+SERVING_LOCK = label("serving.lock")  # that environment's lock (JSON)
+SERVING_REMOVED = label("serving.removed")  # kernel-only distributions left out (JSON)
+SERVING_MODEL = label("serving.model")  # the model's path inside the image
+SERVING_MODEL_DIGEST = label("serving.model-digest")
+SERVING_MODEL_SIZE = label("serving.model-size")
+SERVING_HANDLER = label("serving.handler")  # FILE.py:FUNCTION
 # containers
 KERNEL_ID = label("kernel-id")
 INSTANCE = label("instance")

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 EnvState = Literal["not_built", "building", "built", "failed", "outdated"]
-OperationKind = Literal["build", "push", "pull"]
+OperationKind = Literal["build", "push", "pull", "serving-build", "serving-push"]
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES: tuple[OperationState, ...] = ("queued", "running")
 
@@ -258,6 +258,99 @@ class Environment:
             "operation": self.operation,
             "registry": self.registry,
         }
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """A request for a serving image (schema ``ServingBuild``): paths as the user gave them."""
+
+    model: str  # a model file or folder
+    handler: str  # FILE.py:FUNCTION
+    tag: str | None = None  # another name for the image, e.g. registry.example.com/team/x:1
+    no_cache: bool = False
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> ServingOptions:
+        known = {"model", "handler", "tag", "no_cache"}
+        for key in body:
+            if key not in known:
+                raise FieldError(key, f"unknown option; known: {', '.join(sorted(known))}")
+        for key, what in (("model", "a model file or folder"), ("handler", "FILE.py:FUNCTION")):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise FieldError(key, f"required: {what} in the workspace")
+        if body.get("tag") is not None and not isinstance(body["tag"], str):
+            raise FieldError("tag", "must be an image reference")
+        if not isinstance(body.get("no_cache", False), bool):
+            raise FieldError("no_cache", "must be true or false")
+        return cls(
+            model=body["model"],
+            handler=body["handler"],
+            tag=body.get("tag") or None,
+            no_cache=body.get("no_cache", False),
+        )
+
+
+@dataclass(frozen=True)
+class ServingImage:
+    """A serving image on the engine (schema ``ServingImage``), with its environment's image."""
+
+    id: str
+    image: str  # its content-hash tag
+    tags: tuple[str, ...]
+    env: str
+    spec_hash: str
+    size: int
+    created: str
+    env_image: str  # the environment's image id
+    env_image_size: int | None  # None once that image is gone from the engine
+    model: str  # the model's path inside the image
+    model_digest: str
+    model_size: int
+    handler: str
+    removed: tuple[str, ...]  # the kernel-only distributions left out, name==version
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "image": self.image,
+            "tags": list(self.tags),
+            "env": self.env,
+            "spec_hash": self.spec_hash,
+            "size": self.size,
+            "created": self.created,
+            "env_image": {"id": self.env_image, "size": self.env_image_size},
+            "model": {"path": self.model, "digest": self.model_digest, "size": self.model_size},
+            "handler": self.handler,
+            "removed": list(self.removed),
+        }
+
+
+@dataclass(frozen=True)
+class ServingBuildResult:
+    """What a serving build produced (an operation's result)."""
+
+    serving: ServingImage
+    built: bool  # False: an image of the same inputs was there already
+    pulled: bool = False
+
+    @property
+    def image(self) -> str:
+        return self.serving.image
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.serving.to_json(), "built": self.built}
+
+
+@dataclass(frozen=True)
+class ServingContainer:
+    """A serving image running locally (``jupyter docker-env serve``)."""
+
+    id: str
+    image: str
+    url: str  # http://127.0.0.1:PORT
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

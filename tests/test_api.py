@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from jupyter_docker_env.labels import label
 from .conftest import CA_BUNDLE, JDE_FIXTURE_LABEL, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
 
 API = "jupyter-docker-env/api"
+RUN = uuid.uuid4().hex[:8]
 OPENAPI = yaml.safe_load((Path(jupyter_docker_env.__file__).parent / "openapi.yaml").read_text())
 
 
@@ -187,7 +189,8 @@ async def test_build_followed_by_a_second_client_and_kernel_appears(
         jp_fetch,
         "envs",
         "POST",
-        {"name": "apibuild", "base": jde_base_image, "env": {"TZ": "UTC"}},
+        # a value of this run's: the build has work to do, so the second client can join it
+        {"name": "apibuild", "base": jde_base_image, "env": {"TZ": "UTC", "RUN": RUN}},
         expect=201,
     )
     # Given a build started by one client

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CA_BUNDLE, REPO
+from .conftest import CA_BUNDLE, JDE_PREFIX, REPO
 
 pytestmark = [pytest.mark.docker, pytest.mark.ui]
 UI = REPO / "ui-tests"
@@ -58,7 +58,7 @@ def lab(
             f"--DockerEnvApp.ca_bundle={CA_BUNDLE or ''}",
             f"--DockerEnvApp.registry={jde_open_registry}",
             # A prefix of its own, so this run's "uitest" starts unbuilt whatever ran before.
-            f"--DockerEnvApp.image_prefix=jde-test-ui-{secrets.token_hex(4)}",
+            f"--DockerEnvApp.image_prefix={JDE_PREFIX}-ui-{secrets.token_hex(4)}",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ],
@@ -112,5 +112,11 @@ def test_panel_main_path_in_a_real_browser(
     assert result.returncode == 0, (
         result.stdout[-5000:] + result.stderr[-3000:] + (jde_tmp / "lab.log").read_text()[-3000:]
     )
-    for shot in ("panel-building.png", "panel-built.png", "panel-lock.png", "panel-shared.png"):
+    for shot in (
+        "panel-building.png",
+        "panel-built.png",
+        "panel-lock.png",
+        "panel-shared.png",
+        "panel-serving.png",
+    ):
         assert (UI / "screenshots" / shot).is_file()

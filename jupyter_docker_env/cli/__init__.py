@@ -11,9 +11,10 @@ import sys
 
 from .. import __version__
 from ..engine import EngineError
+from ..environments.spec import SpecError
 from ..models import FieldError
 from ..operations import Cancelled, OperationFailed
-from . import environments
+from . import environments, serving
 
 
 def parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
     environments.register(sub)
+    serving.register(sub)
     return p
 
 
@@ -31,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except FieldError as exc:
+    except SpecError as exc:
         print(f"error: invalid environment: {exc}", file=sys.stderr)
+    except FieldError as exc:  # an option's value (a serving image's model, handler, …)
+        print(f"error: {exc}", file=sys.stderr)
     except OperationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.step:

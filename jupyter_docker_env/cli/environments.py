@@ -46,6 +46,26 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def printer(op: Operation, line: str) -> None:
+    """An operation's log line on stderr, with its step."""
+    step = f"[{op.step}/{op.total_steps}] " if op.total_steps else ""
+    print(f"{step}{line}", file=sys.stderr, flush=True)
+
+
+async def finish(op: Operation, cancel: Callable[[str], Any]) -> Any:
+    """Wait for an operation (cancelled if this is interrupted); its result, or its error."""
+    try:
+        await op.wait()
+    finally:
+        if op.active:
+            cancel(op.id)
+    if op.state == "failed":
+        raise OperationFailed(op.error or "failed", op.failed_step)
+    if op.state == "cancelled":
+        raise Cancelled()
+    return op.result
+
+
 def follow(
     args: argparse.Namespace,
     start: Callable[
@@ -55,23 +75,9 @@ def follow(
     """Run an operation on DIR, its log on stderr (unless --quiet); return its result."""
     envs = manager(args)
 
-    def printer(op: Operation, line: str) -> None:
-        step = f"[{op.step}/{op.total_steps}] " if op.total_steps else ""
-        print(f"{step}{line}", file=sys.stderr, flush=True)
-
     async def run() -> Any:
         loc = envs.location_of(Path(args.dir))
-        op = start(envs, loc, [] if args.quiet else [printer])
-        try:
-            await op.wait()
-        finally:
-            if op.active:
-                envs.cancel(op.id)
-        if op.state == "failed":
-            raise OperationFailed(op.error or "failed", op.failed_step)
-        if op.state == "cancelled":
-            raise Cancelled()
-        return op.result
+        return await finish(start(envs, loc, [] if args.quiet else [printer]), envs.cancel)
 
     try:
         return asyncio.run(run())
@@ -99,6 +105,10 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from . import serving  # imports this module
+
+    if serving.is_image_ref(args.dir):
+        return serving.cmd_push(args)
     result = follow(args, lambda envs, loc, out: envs.push(loc, out))
     emit_json(result.to_json()) if args.json else print(f"pushed {', '.join(result.pushed)}")
     return 0
@@ -121,6 +131,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.serving:
+        from . import serving  # imports this module
+
+        return serving.cmd_list(args)
     envs = manager(args)
     try:
         rows = [row.to_json() for row in envs.images.catalog()]
@@ -138,6 +152,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from . import serving  # imports this module
+
+    if serving.is_image_ref(args.name):
+        return serving.cmd_rm(args)
     envs = manager(args)
     try:
         removed = envs.images.remove(args.name)
@@ -189,9 +207,11 @@ def registry_option(value: str) -> str:
 def register(sub: Any) -> None:
     """Add the environment commands to the top-level parser's subcommands."""
 
-    def common(sp: argparse.ArgumentParser, dir_arg: bool = True) -> None:
+    def common(
+        sp: argparse.ArgumentParser, dir_arg: bool = True, what: str = "the environment folder"
+    ) -> None:
         if dir_arg:
-            sp.add_argument("dir", help="the environment folder")
+            sp.add_argument("dir", help=what)
         sp.add_argument("--json", action="store_true", help="print one JSON object")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
         sp.add_argument(
@@ -213,21 +233,31 @@ def register(sub: Any) -> None:
     b.set_defaults(func=cmd_build)
 
     for name, func, text in (
-        ("push", cmd_push, "push the environment's image to the registry"),
+        ("push", cmd_push, "push the environment's image (or a serving image) to the registry"),
         ("pull", cmd_pull, "pull the environment's image from the registry"),
         ("show", cmd_show, "show the environment's spec, state, image and lock"),
     ):
         sp = sub.add_parser(name, help=text)
-        common(sp)
+        common(
+            sp,
+            what="the environment folder, or a serving image (REF)"
+            if name == "push"
+            else "the environment folder",
+        )
         sp.add_argument("--default-base", help="base image for specs that name none")
         sp.set_defaults(func=func)
 
     ls = sub.add_parser("list", help="list the environment images on the engine")
     common(ls, dir_arg=False)
+    ls.add_argument(
+        "--serving", action="store_true", help="list the serving images, with their sizes"
+    )
     ls.set_defaults(func=cmd_list)
 
-    rm = sub.add_parser("rm", help="remove an environment's images (not its folder)")
-    rm.add_argument("name")
+    rm = sub.add_parser(
+        "rm", help="remove an environment's images (not its folder), or a serving image"
+    )
+    rm.add_argument("name", help="the environment's name, or a serving image (REF)")
     rm.set_defaults(func=cmd_rm)
 
     ks = sub.add_parser("kernelspec", help="kernel spec files for tools without the server")

@@ -35,7 +35,9 @@ class ContainerRequest:
     name: str
     image: str
     command: tuple[str, ...]
-    workspace: str  # host folder, mounted read-write at the same path (or a named volume)
+    # host folder, mounted read-write at the same path, or a named volume (workspace_mount says
+    # where); "": none (serving)
+    workspace: str
     working_dir: str
     uid: int
     gid: int
@@ -141,9 +143,16 @@ def hardening(request: ContainerRequest) -> dict[str, Any]:
         "init": True,
         "security_opt": ["no-new-privileges:true"],
         "privileged": False,
-        "volumes": {
-            request.workspace: {"bind": request.workspace_mount or request.workspace, "mode": "rw"}
-        },
+        "volumes": (
+            {
+                request.workspace: {
+                    "bind": request.workspace_mount or request.workspace,
+                    "mode": "rw",
+                }
+            }
+            if request.workspace
+            else {}
+        ),
         "tmpfs": {request.home: f"exec,uid={uid},gid={gid},mode=0700"},
     }
     if uid != 0:

@@ -33,6 +33,9 @@ def _cache(name: str, target: str, scope: str) -> str:
     return f"--mount=type=cache,id={scoped},target={target},sharing=locked"
 
 
+PIP_CACHE = _cache("pip", "/root/.cache/pip", "")  # the single-user server's own builds
+
+
 DOCKERIGNORE_HEADER = f"""{GENERATED_MARK}: the build context is only what the Dockerfile
 # copies, so data, .git, checkpoints and model files never reach the image.
 *

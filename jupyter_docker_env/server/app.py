@@ -14,6 +14,7 @@ from ..config import DockerEnvConfig
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
+from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
 
@@ -25,6 +26,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     engine: Engine
     environments: EnvironmentManager
+    serving: ServingManager
 
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
@@ -45,6 +47,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             root_dir=root_dir,
             engine=self.engine,
             kernels_dir=self.kernels_dir,
+        )
+        self.serving = self.serving_manager_class(
+            parent=self, settings=self, environments=self.environments, engine=self.engine
         )
         self.settings.update(docker_env=self)
 
@@ -73,4 +78,5 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         await self.environments.sync_kernelspecs()
 
     async def stop_extension(self) -> None:
+        self.serving.close()
         self.environments.close()

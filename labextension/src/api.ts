@@ -6,7 +6,8 @@ export namespace DockerEnv {
   export type EnvState =
     'not_built' | 'building' | 'built' | 'failed' | 'outdated';
   export type EnvKind = 'spec' | 'requirements' | 'environment' | 'dockerfile';
-  export type OperationKind = 'build' | 'push' | 'pull';
+  export type OperationKind =
+    'build' | 'push' | 'pull' | 'serving-build' | 'serving-push';
   export type OperationState =
     'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
   export type Builder = 'buildkit' | 'legacy';
@@ -168,6 +169,47 @@ export namespace DockerEnv {
     name: string;
   }
 
+  /** A serving image of an environment from a model and a handler (POST envs/{name}/serving). */
+  export interface IServingBuild {
+    /** A model file or folder, relative to the workspace. */
+    model: string;
+    /** FILE.py:FUNCTION, FILE relative to the workspace. */
+    handler: string;
+    /** Another name for the image, e.g. registry.example.com/team/x:1. */
+    tag?: string | null;
+    /** Rebuild every layer. */
+    no_cache?: boolean;
+  }
+
+  /** A serving image, with its environment's image size (GET serving). */
+  export interface IServingImage {
+    id: string;
+    /** Its content-hash tag, PREFIX-serving/ENV:HASH. */
+    image: string;
+    tags: string[];
+    /** The environment it serves. */
+    env: string;
+    spec_hash: string;
+    /** Bytes. */
+    size: number;
+    created: string;
+    env_image: {
+      id: string;
+      /** Bytes; null once that image is gone from the engine. */
+      size: number | null;
+    };
+    model: {
+      /** Inside the image. */
+      path: string;
+      digest: string;
+      size: number;
+    };
+    /** FILE.py:FUNCTION. */
+    handler: string;
+    /** The kernel-only distributions left out (name==version). */
+    removed: string[];
+  }
+
   export function isActive(operation: IOperation | null | undefined): boolean {
     return (
       !!operation &&
@@ -251,6 +293,32 @@ export class DockerEnvAPI {
     return this.requestAPI(operationPath(id), 'DELETE');
   }
 
+  /** The serving images (of one environment), newest first. */
+  async listServing(env?: string): Promise<DockerEnv.IServingImage[]> {
+    const query = env ? `?env=${encodeURIComponent(env)}` : '';
+    const reply = await this.requestAPI<{ images: DockerEnv.IServingImage[] }>(
+      `serving${query}`
+    );
+    return reply.images;
+  }
+
+  /** Starts building a serving image of a built environment; answers 202 with the operation. */
+  startServingBuild(
+    name: string,
+    request: DockerEnv.IServingBuild
+  ): Promise<DockerEnv.IOperation> {
+    return this.requestAPI(`${envPath(name)}/serving`, 'POST', request);
+  }
+
+  /** Pushes a serving image to the configured registry as REGISTRY/ENV-serving. */
+  pushServing(id: string): Promise<DockerEnv.IOperation> {
+    return this.requestAPI(`${servingPath(id)}/push`, 'POST');
+  }
+
+  async deleteServing(id: string): Promise<void> {
+    await this.requestAPI(servingPath(id), 'DELETE');
+  }
+
   startKernel(
     name: string,
     options: DockerEnv.IKernelOptions = {}
@@ -322,6 +390,11 @@ export class DockerEnvAPI {
 
 function envPath(name: string): string {
   return `envs/${encodeURIComponent(name)}`;
+}
+
+/** serving/{id}: the image id's hex digits (a `sha256:` would need escaping in the path). */
+function servingPath(id: string): string {
+  return `serving/${id.replace(/^sha256:/, '')}`;
 }
 
 function operationPath(id: string): string {

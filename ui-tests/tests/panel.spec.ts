@@ -265,6 +265,92 @@ test('create, build and use an environment from the panel', async ({
     path: path.join(SCREENSHOTS, 'notebook-in-container.png')
   });
 
+  // When the user serves a model from the workspace (a training run's output) from the panel
+  await putFile(request, 'models', null);
+  await putFile(
+    request,
+    'models/model.json',
+    JSON.stringify({ weights: [2, -1], bias: 0.5 })
+  );
+  await putFile(request, 'serve.py', SERVING_HANDLER);
+  const serving = card.getByTestId('serving');
+  await serving.locator(':scope > summary').click();
+  await expect(serving.getByTestId('serving-handler')).toHaveValue(
+    'serve.py:predict'
+  );
+  // (a model that is not there is explained next to its field)
+  await serving.getByTestId('serving-model').fill('models/missing.json');
+  await serving.getByTestId('serving-build').click();
+  await expect(serving.getByTestId('field-error-model')).toContainText(
+    'does not exist'
+  );
+  await serving.getByTestId('serving-model').fill('models/model.json');
+  await serving.getByTestId('serving-build').click();
+  // Then it is built as an operation, and listed with its size next to the environment's
+  const servingOperation = serving.getByTestId('operation');
+  await expect(servingOperation).toHaveAttribute(
+    'data-operation-kind',
+    'serving-build'
+  );
+  await expect(servingOperation).toHaveAttribute(
+    'data-operation-state',
+    'succeeded',
+    { timeout: BUILD_TIMEOUT }
+  );
+  const served = serving.getByTestId('serving-image');
+  await expect(served).toHaveCount(1);
+  await expect(served.getByTestId('serving-image-size')).toContainText(
+    "the environment's"
+  );
+  await expect(serving.locator(':scope > summary')).toHaveText(
+    'Serving · 1 image'
+  );
+  // (the screenshot shows the serving section: the log and the other sections closed)
+  await serving.getByTestId('operation-log-toggle').click();
+  for (const open of ['kernel-resources', 'sharing']) {
+    const section = card.getByTestId(open);
+    if ((await section.count()) && (await section.getAttribute('open')) !== null) {
+      await section.locator(':scope > summary').click();
+    }
+  }
+  await card.screenshot({ path: path.join(SCREENSHOTS, 'panel-serving.png') });
+  // When the user deletes it, Then it is gone
+  await served.getByTestId('serving-delete').click();
+  await page.locator('.jp-Dialog .jp-mod-warn').click();
+  await expect(served).toHaveCount(0);
+
   // Leave no kernel running on the test image.
   await shutDownKernelsOf(request, ENV_NAME);
 });
+
+/** A serving handler with nothing but the standard library (the test environment's runtime). */
+const SERVING_HANDLER = `import json
+
+MODEL = {}
+
+
+def load(path):
+    with open(path) as f:
+        MODEL.update(json.load(f))
+
+
+def predict(payload):
+    x = payload["features"]
+    return {"prediction": sum(w * v for w, v in zip(MODEL["weights"], x)) + MODEL["bias"]}
+`;
+
+/** Writes a file (or, with null, makes a folder) in the workspace through the contents API. */
+async function putFile(
+  request: APIRequestContext,
+  where: string,
+  content: string | null
+): Promise<void> {
+  const reply = await request.put(`${BASE_URL}api/contents/${where}`, {
+    headers: AUTH,
+    data:
+      content === null
+        ? { type: 'directory' }
+        : { type: 'file', format: 'text', content }
+  });
+  expect(reply.ok(), await reply.text()).toBeTruthy();
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import environments
+from . import environments, serving
 from .base import DockerEnvHandler
 
-HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [*environments.HANDLERS]
+HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [*environments.HANDLERS, *serving.HANDLERS]

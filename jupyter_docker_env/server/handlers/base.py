@@ -8,6 +8,7 @@ Handlers stay thin: parse, await a service, reply. A domain error raised by a se
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jupyter_client.kernelspec import NoSuchKernel
@@ -18,7 +19,9 @@ from tornado import web
 from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
 from ...models import FieldError, nesting_depth
-from ...operations import OperationFailed
+from ...operations import Operation, OperationFailed
+from ...serving.builder import ServingNotFound
+from ...serving.manager import ServingManager
 
 if TYPE_CHECKING:
     from ..app import DockerEnvApp
@@ -34,6 +37,7 @@ STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (FieldError, 400),
     (EnvReadOnly, 403),
     (EnvNotFound, 404),
+    (ServingNotFound, 404),
     (EnvConflict, 409),
     (OperationFailed, 409),
     (NoSuchKernel, 409),
@@ -71,6 +75,18 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def environments(self) -> EnvironmentManager:
         return self.ext.environments
+
+    @property
+    def serving(self) -> ServingManager:
+        return self.ext.serving
+
+    def find_operation(self, operation_id: str) -> tuple[Operation, Callable[[str], Any]] | None:
+        """An operation of any service, and how to cancel it."""
+        for service in (self.environments, self.serving):
+            op = service.operation(operation_id)
+            if op is not None:
+                return op, service.cancel
+        return None
 
     # -- errors ----------------------------------------------------------------------------
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
@@ -118,3 +134,8 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(data))
+
+    def started(self, op: Operation) -> None:
+        """202 with the operation, which clients follow at its ``Location``."""
+        self.set_header("Location", self.base_url + route(f"operations/{op.id}").lstrip("/"))
+        self.reply(op.to_json(), status=202)

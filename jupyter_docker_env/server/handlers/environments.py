@@ -8,7 +8,8 @@ everything else ``write`` (builds and kernels run code); starting a kernel also 
 from __future__ import annotations
 
 import os
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from jupyter_client.kernelspec import NoSuchKernel
 from jupyter_server.auth.decorator import authorized
@@ -102,30 +103,29 @@ class OperationStartHandler(DockerEnvHandler):
             op = envs.push(loc)
         else:
             op = envs.pull(loc)
-        self.set_header("Location", self.base_url + route(f"operations/{op.id}").lstrip("/"))
-        self.reply(op.to_json(), status=202)
+        self.started(op)
 
 
 class OperationHandler(DockerEnvHandler):
     """GET and DELETE (cancel) operations/{id}; builds/{id} is the same, its former name."""
 
-    def _operation(self, operation_id: str) -> Operation:
-        op = self.environments.operation(operation_id)
-        if op is None:
+    def _operation(self, operation_id: str) -> tuple[Operation, Callable[[str], Any]]:
+        found = self.find_operation(operation_id)
+        if found is None:
             raise ApiError(404, f"no build, push or pull with id {operation_id}")
-        return op
+        return found
 
     @web.authenticated
     @authorized
     async def get(self, operation_id: str) -> None:
         offset = self.offset_argument()
-        self.reply(self._operation(operation_id).to_json(offset))
+        self.reply(self._operation(operation_id)[0].to_json(offset))
 
     @web.authenticated
     @authorized
     async def delete(self, operation_id: str) -> None:
-        op = self._operation(operation_id)
-        self.environments.cancel(operation_id)
+        op, cancel = self._operation(operation_id)
+        cancel(operation_id)
         self.reply(op.to_json(len(op.log)), status=202)
 
 

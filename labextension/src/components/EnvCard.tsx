@@ -8,6 +8,7 @@ import { EnvHeader } from './EnvHeader';
 import { KernelResources } from './KernelResources';
 import { ErrorMessage, Note } from './Messages';
 import { OperationView } from './OperationView';
+import { Serving } from './Serving';
 import { Sharing } from './Sharing';
 import { IEnvSectionProps, IPanelActions } from './types';
 
@@ -120,6 +121,7 @@ export function EnvCard(props: IEnvCardProps): JSX.Element {
       <KernelResources {...section} />
       <BuildControls {...section} />
       <Sharing {...section} />
+      <Serving {...section} />
       {actionError && (
         <ErrorMessage testid="action-error">{actionError}</ErrorMessage>
       )}

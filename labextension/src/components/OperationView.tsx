@@ -17,7 +17,9 @@ export interface IOperationViewProps {
 const VERBS: { [kind in DockerEnv.OperationKind]: string } = {
   build: 'Build',
   push: 'Push',
-  pull: 'Pull'
+  pull: 'Pull',
+  'serving-build': 'Serving build',
+  'serving-push': 'Push'
 };
 
 /** The last error lines of pip, apt or conda in a log: usually the reason a step failed. */

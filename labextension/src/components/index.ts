@@ -7,6 +7,7 @@
  *       KernelResources  open a notebook/console, per-kernel cpus/memory/gpus
  *       BuildControls    build, without cache, from lock
  *       Sharing          push/pull; asks the registry only when opened or on Check
+ *       Serving          serving images from a model and a handler; sizes; push, delete
  *       OperationView    the running or last build/push/pull: progress, log, failure
  *       Details          kernel, folder, image, spec, LockView
  *
@@ -53,6 +54,7 @@ export { OperationView } from './OperationView';
 export { PanelView } from './PanelView';
 export { ProgressView } from './ProgressView';
 export { Section } from './Section';
+export { Serving } from './Serving';
 export { Sharing } from './Sharing';
 export { StatusFooter } from './StatusFooter';
 export type { IEnvSectionProps, IPanelActions } from './types';
