@@ -286,7 +286,13 @@ class Engine:
         repo, _, tag = _split_tag(ref)
         try:
             stream = self._call(
-                op, repo, tag=tag or "latest", stream=True, decode=True, auth_config=auth
+                op,
+                repo,
+                # a digest (repo@sha256:…) is its own tag: docker-py reads it from the name
+                tag=tag or (None if "@" in ref else "latest"),
+                stream=True,
+                decode=True,
+                auth_config=auth,
             )
             yield from _raise_on_error(stream, RegistryError)
         except docker.errors.APIError as exc:

@@ -20,6 +20,7 @@ MANAGED = label("managed")
 ENV = label("env")  # the environment an image was first built for
 SPEC_HASH = label("spec-hash")
 LOCK = label("lock")
+SPEC_FILES = label("spec-files")  # the spec files it was built from, as JSON (notebooks carry them)
 GPU = label("gpu")
 OWNER = label("owner")
 RENDERER = label("renderer")

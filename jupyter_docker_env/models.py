@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 EnvState = Literal["not_built", "building", "built", "failed", "outdated"]
-OperationKind = Literal["build", "push", "pull", "serving-build", "serving-push"]
+OperationKind = Literal["build", "push", "pull", "restore", "serving-build", "serving-push"]
 OperationState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATES: tuple[OperationState, ...] = ("queued", "running")
 
@@ -391,4 +391,93 @@ class Status:
         del data["engine"]["runtimes"]  # the GPU part says what matters of them
         data["gpu"]["runtimes"] = list(self.gpu.runtimes)
         data["allowed_bases"] = list(self.allowed_bases)
+        return data
+
+
+# -- notebooks that carry their environment (notebooks/) ---------------------------------------
+NotebookEnvState = Literal["none", "same", "different", "missing"]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One thing that differs between a notebook's recorded environment and the one here: a
+    package's version, the base image, a spec key or line. ``notebook``/``here`` None: it is not
+    there; "": it is there without a version."""
+
+    section: str  # "python", "apt", "conda", "base", "spec" or a file of the spec
+    name: str
+    notebook: str | None
+    here: str | None
+
+    def words(self) -> str:
+        if self.here is None:
+            return f"{_named(self.name, self.notebook)} only in the notebook's environment"
+        if self.notebook is None:
+            return f"{_named(self.name, self.here)} only here"
+        return f"{self.name}: {self.notebook} in the notebook's environment, {self.here} here"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "words": self.words()}
+
+
+def _named(name: str, version: str | None) -> str:
+    return f"{name} {version}" if version else name
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What recreating a notebook's environment would do, shown before the user confirms."""
+
+    name: str  # the environment it would create (or complete, when it has the same spec)
+    kernel_name: str
+    kind: str
+    base: str | None
+    base_digest: str | None
+    pip: tuple[str, ...]
+    apt: tuple[str, ...]
+    conda: tuple[str, ...]
+    files: dict[str, str]
+    source: str | None  # the registry image, by digest, that it would try to pull first
+    allowed: bool
+    refusal: str | None = None  # why it may not, in words, when it may not
+    field: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("pip", "apt", "conda"):
+            data[key] = list(data[key])
+        return data
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """An environment here, as a comparison names it (and its kernel, to switch to)."""
+
+    name: str
+    kernel_name: str
+    state: EnvState | None = None
+    spec_hash: str | None = None  # what its kernel runs
+
+
+@dataclass(frozen=True)
+class NotebookEnvComparison:
+    """A notebook's recorded environment (metadata.docker_env) against this workspace."""
+
+    path: str
+    state: NotebookEnvState
+    message: str
+    env: str | None = None
+    kernel_name: str | None = None
+    spec_hash: str | None = None
+    image_id: str | None = None
+    registry_image: str | None = None
+    current: EnvRef | None = None  # the environment of that name here
+    match: EnvRef | None = None  # another environment here that is the recorded one
+    differences: tuple[Difference, ...] = ()
+    restore: RestorePlan | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["differences"] = [d.to_json() for d in self.differences]
+        data["restore"] = self.restore.to_json() if self.restore else None
         return data

@@ -187,27 +187,30 @@ class OperationManager:
             op.started = time.time()
             return work(op)
 
+        outcome: OperationState = "failed"
         try:
             op.result = await loop.run_in_executor(self._executor, run)
-            op.state = "succeeded"
+            outcome = "succeeded"
         except Cancelled:
-            op.state = "cancelled"
+            outcome = "cancelled"
             op.emit("Cancelled.")
         except OperationFailed as exc:
-            op.state, op.error, op.failed_step = "failed", str(exc), exc.step
+            op.error, op.failed_step = str(exc), exc.step
             op.emit(f"ERROR: {exc}")
         except Exception as exc:  # a bug or an engine fault: the owner and the admin must hear
-            op.state, op.error = "failed", f"{type(exc).__name__}: {exc}"
+            op.error = f"{type(exc).__name__}: {exc}"
             op.emit(f"ERROR: {op.error}")
             self.log.exception("jupyter-docker-env: %s of %s failed unexpectedly", op.kind, op.env)
         finally:
-            op.finished = time.time()
+            # What follows the work (kernel specs, records) is done before anyone reads the
+            # operation as ended: a client that sees "succeeded" finds the kernel already there.
             if after is not None:
                 try:
                     await after(op)
                 except Exception as exc:
                     op.emit(f"WARNING: after the {op.kind}: {exc}")
                     self.log.exception("jupyter-docker-env: after the %s of %s", op.kind, op.env)
+            op.state, op.finished = outcome, time.time()
             assert op._done is not None
             op._done.set()
 

@@ -89,14 +89,13 @@ def lab(
         log.close()
 
 
-def test_panel_main_path_in_a_real_browser(
-    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
-) -> None:
+def run_playwright(lab: tuple[str, str, Path], log: Path, spec: str) -> None:
+    """Run one spec of ui-tests/ against the lab; fail with its output and the server's log."""
     url, token, _workspace = lab
     npx = shutil.which("npx")
     assert npx, "node/npx is needed for the UI tests"
     result = subprocess.run(
-        [npx, "playwright", "test"],
+        [npx, "playwright", "test", f"tests/{spec}"],
         cwd=UI,
         env={
             **os.environ,
@@ -110,8 +109,14 @@ def test_panel_main_path_in_a_real_browser(
     )
     print(result.stdout[-5000:])
     assert result.returncode == 0, (
-        result.stdout[-5000:] + result.stderr[-3000:] + (jde_tmp / "lab.log").read_text()[-3000:]
+        result.stdout[-5000:] + result.stderr[-3000:] + log.read_text()[-3000:]
     )
+
+
+def test_panel_main_path_in_a_real_browser(
+    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
+) -> None:
+    run_playwright(lab, jde_tmp / "lab.log", "panel.spec.ts")
     for shot in (
         "panel-building.png",
         "panel-built.png",
@@ -119,4 +124,12 @@ def test_panel_main_path_in_a_real_browser(
         "panel-shared.png",
         "panel-serving.png",
     ):
+        assert (UI / "screenshots" / shot).is_file()
+
+
+def test_a_notebook_recreates_its_missing_environment_in_a_real_browser(
+    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
+) -> None:
+    run_playwright(lab, jde_tmp / "lab.log", "notebook-env.spec.ts")
+    for shot in ("notebook-env-missing.png", "notebook-env-restored.png"):
         assert (UI / "screenshots" / shot).is_file()

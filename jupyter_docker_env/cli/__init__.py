@@ -14,7 +14,7 @@ from ..engine import EngineError
 from ..environments.spec import SpecError
 from ..models import FieldError
 from ..operations import Cancelled, OperationFailed
-from . import environments, serving
+from . import environments, notebooks, serving
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     environments.register(sub)
     serving.register(sub)
+    notebooks.register(sub)
     return p
 
 

@@ -134,9 +134,12 @@ class LocalBackend:
         if request.ports and await self.mode() == "container-ip":
             sandbox = self._sandboxes.setdefault((request.instance_id, request.network), _Sandbox())
             async with sandbox.lock:
-                sandbox.container_id, sandbox.ip = await self.engine.run(
-                    self._find_or_start_sandbox, request, sandbox.container_id
-                )
+                try:
+                    sandbox.container_id, sandbox.ip = await self.engine.run(
+                        self._find_or_start_sandbox, request, sandbox.container_id
+                    )
+                except APIError as exc:  # the sandbox runs the kernel's image: it may be gone
+                    raise _explain(exc) from exc
             create["network_mode"] = f"container:{sandbox.container_id}"
             ip = sandbox.ip
         elif request.ports:

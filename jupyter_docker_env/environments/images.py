@@ -7,10 +7,12 @@ Everything here blocks (it drives the engine) and runs in an operation's worker 
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,9 +234,17 @@ class ImageBuilder:
                 pulled = self._try_pull(plan, remote, op)
                 if pulled is not None:
                     return self._finish(plan, pulled, op, built=False, pulled=True)
+        return self._build_new(plan, options, op)
+
+    def _build_new(
+        self, plan: Plan, options: BuildOptions, op: Operation, spec: EnvSpec | None = None
+    ) -> BuildResult:
+        """Build the plan's image (from ``spec`` instead of the plan's, when given), record its
+        lock and tag it."""
+        ref = self.image_ref(plan)
         builder = self.engine.builder()
         op.emit(f"Building with {'BuildKit' if builder == 'buildkit' else 'the legacy builder'}")
-        image_id = self._run_build(plan, options, builder, op)
+        image_id = self._run_build(plan, options, builder, op, spec)
         op.emit("Recording the exact versions (lock)")
         captured = lock.capture(self.engine, image_id, plan.spec, self._base_record(plan))
         self.engine.add_labels(image_id, {L.LOCK: lock.to_label(captured)}, tag=ref)
@@ -272,9 +282,21 @@ class ImageBuilder:
         }
         if self.settings.owner:
             labels[L.OWNER] = self.settings.owner
+        files = spec_files(plan.folder, plan.spec)
+        if files is not None:
+            labels[L.SPEC_FILES] = spec_files_label(files)
         return labels
 
-    def _run_build(self, plan: Plan, options: BuildOptions, builder: Builder, op: Operation) -> str:
+    def _run_build(
+        self,
+        plan: Plan,
+        options: BuildOptions,
+        builder: Builder,
+        op: Operation,
+        spec: EnvSpec | None = None,
+    ) -> str:
+        """Build the plan's image; ``spec``, when given, is what the Dockerfile installs instead
+        of the plan's own spec (its exact versions), under the plan's labels and hash."""
         labels = self.image_labels(plan)
         buildkit = builder == "buildkit"
         with tempfile.TemporaryDirectory(prefix="docker-env-ctx-") as tmp:
@@ -287,7 +309,7 @@ class ImageBuilder:
                 context = Path(tmp) / "context"
                 self._context(plan, context)
                 text = dockerfile.render(
-                    plan.spec,
+                    spec or plan.spec,
                     plan.folder,
                     cache_mounts=buildkit,
                     cache_scope=self.settings.cache_scope,
@@ -470,6 +492,81 @@ class ImageBuilder:
         op.emit(f"Pushed {', '.join(pushed)} ({digest})")
         return PushResult(name=plan.spec.name, image=pushed[0], digest=digest, pushed=tuple(pushed))
 
+    # -- recreating a recorded environment (a notebook's) -----------------------------------
+    def recreate(
+        self, folder: Path, locked: Lock, sources: Sequence[str], op: Operation
+    ) -> BuildResult:
+        """The environment in ``folder`` with exactly ``locked`` inside, as a notebook recorded it.
+
+        An image of the folder's content hash with that lock, already here or pulled from one of
+        ``sources`` (registry references by digest), or else a build of the folder's spec with
+        the lock's exact versions, tagged with the spec's own content hash: the same environment
+        again, not a new spec (unlike ``from_lock``).
+        """
+        self._recorded_base(locked, op)
+        plan = self._operation_plan(folder, op)
+        for image in (self.find_image(self.image_ref(plan)), self.image_with_hash(plan.hash)):
+            if image is not None and self.lock_of(image) == locked:
+                op.emit(f"The recorded environment is here already: {image.tag}")
+                return self._finish(plan, image, op, built=False, pulled=False)
+        for source in sources:
+            pulled = self._pull_recorded(source, locked, op)
+            if pulled is not None:
+                return self._finish(plan, pulled, op, built=False, pulled=True)
+        if plan.spec.kind == "dockerfile":
+            op.emit("Building the recorded Dockerfile (its versions cannot be pinned)")
+            return self._build_new(plan, BuildOptions(), op)
+        op.emit("Building with the recorded exact versions (lock)")
+        try:
+            pinned = lock.pin(plan.spec, locked)
+        except SpecError as exc:
+            raise OperationFailed(str(exc), step=f"spec field {exc.field}") from exc
+        return self._build_new(plan, BuildOptions(), op, spec=pinned)
+
+    def _recorded_base(self, locked: Lock, op: Operation) -> None:
+        """Give the base tag the recorded image when this engine has no such tag (pulled by its
+        digest, which the caller checked is of that repository); warn when the tag here names
+        another image."""
+        base = locked.base
+        if base is None:
+            return
+        found = self.engine.inspect_image(base.image)
+        if found is not None:
+            if base.id and found["Id"] != base.id:
+                op.emit(
+                    f"WARNING: {base.image} here is another image ({str(found['Id'])[:19]}) than "
+                    f"the recorded one ({base.id[:19]}): the environment is built on the recorded "
+                    "base, and its spec hash differs from the recorded one"
+                )
+            return
+        if not base.digest:
+            return  # planning pulls the tag, as for any spec
+        op.emit(f"Pulling the recorded base image {base.digest}")
+        try:
+            for msg in self.engine.pull(base.digest):
+                op.check_cancelled()
+                _log_transfer(op, msg)
+        except (RegistryError, EngineError) as exc:
+            op.emit(f"WARNING: the recorded base cannot be pulled ({exc}): using {base.image}")
+            return
+        head, sep, tag = base.image.rpartition(":")
+        repo, tag = (head, tag) if sep and "/" not in tag else (base.image, "latest")
+        self.engine.tag(base.digest, repo, tag)
+
+    def _pull_recorded(self, source: str, locked: Lock, op: Operation) -> ImageInfo | None:
+        """Pull ``source`` when it is the recorded environment (its lock is ``locked``)."""
+        op.emit(f"Pulling {source}")
+        try:
+            self._transfer(self.engine.pull, source, op, step="pull")
+        except OperationFailed as exc:
+            op.emit(f"{exc}; building instead")
+            return None
+        image = self.find_image(source)
+        if image is None or image.labels.get(L.MANAGED) != "true" or self.lock_of(image) != locked:
+            op.emit(f"{source} is not the recorded environment (another lock); building instead")
+            return None
+        return image
+
     def registry_state(self, plan: Plan) -> RegistryStateRecord | None:
         remote = self.registry_ref(plan)
         if remote is None:
@@ -503,6 +600,31 @@ def _reason(log: list[str]) -> str:
 def _write_if_changed(path: Path, text: str) -> None:
     if not path.is_file() or path.read_text() != text:
         path.write_text(text)
+
+
+#: The most spec text an image label (and so a notebook) carries, quoted as a Dockerfile LABEL
+#: value: Dockerfile lines end at 64 KiB, and every label of a build shares one line.
+SPEC_FILES_LIMIT = 32 * 1024
+
+
+def spec_files(folder: Path, spec: EnvSpec) -> dict[str, str] | None:
+    """The files that define ``spec``, as text: its docker-env.toml and the files it names, or a
+    Dockerfile's build context. None when they are not text or too large for a label."""
+    if spec.kind == "dockerfile":
+        raw = _context_files(folder)
+    else:
+        names = [SPEC_FILE] if spec.kind == "spec" else []
+        raw = {n: (folder / n).read_bytes() for n in [*names, *dockerfile.input_files(spec)]}
+    try:
+        files = {name: data.decode() for name, data in raw.items()}
+    except UnicodeDecodeError:
+        return None
+    return files if len(shlex.quote(spec_files_label(files))) <= SPEC_FILES_LIMIT else None
+
+
+def spec_files_label(files: dict[str, str]) -> str:
+    """The spec files as one line of ASCII JSON (no newline can end a LABEL instruction)."""
+    return json.dumps(files, sort_keys=True, separators=(",", ":"))
 
 
 def _context_files(folder: Path) -> dict[str, bytes]:

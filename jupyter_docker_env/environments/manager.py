@@ -13,6 +13,7 @@ on demand (:meth:`registry`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import shutil
@@ -28,7 +29,7 @@ from traitlets.config import LoggingConfigurable
 
 from .. import __version__
 from .. import labels as L
-from ..engine import Engine, EngineUnavailable
+from ..engine import Engine, EngineError, EngineUnavailable
 from ..kernels import kernelspecs
 from ..models import (
     BuildOptions,
@@ -39,6 +40,7 @@ from ..models import (
     RegistryState,
     Status,
 )
+from ..notebooks.record import NotebookEnv, environment_records
 from ..operations import Operation, OperationManager
 from . import lock
 from .images import ImageBuilder, Plan
@@ -121,6 +123,12 @@ class EnvironmentManager(LoggingConfigurable):
         self.kernels_dir = kernels_dir
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-env-envs")
         self._plans: dict[Path, tuple[Any, Plan | SpecError]] = {}
+        #: What a notebook saved on each built environment's kernel records (metadata.docker_env):
+        #: refreshed after every operation, so that saving a notebook never asks the engine.
+        self.notebook_records: dict[str, NotebookEnv] = {}
+        self._records_lock = asyncio.Lock()
+        self._records_loading: asyncio.Future[None] | None = None
+        self._records_loaded = False
 
     def _under_root(self, path: str) -> Path:
         p = (self.root_dir / path).resolve()
@@ -131,6 +139,10 @@ class EnvironmentManager(LoggingConfigurable):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking work of this service (files, engine) on its executor."""
+        return await self._run(fn, *args)
 
     def close(self) -> None:
         self.operations.close()
@@ -273,7 +285,7 @@ class EnvironmentManager(LoggingConfigurable):
         )
 
     def _state(self, loc: Location, images: _Images, built: bool, op: Operation | None) -> EnvState:
-        if op is not None and op.active and op.kind in ("build", "pull"):
+        if op is not None and op.active and op.kind in ("build", "pull", "restore"):
             return "building"
         if built:
             return "built"
@@ -391,6 +403,7 @@ class EnvironmentManager(LoggingConfigurable):
     async def delete(self, name: str) -> None:
         await self._run(self._delete, name)
         await self.sync_kernelspecs()
+        await self.refresh_records()
 
     def _delete(self, name: str) -> None:
         loc = self.locate(name)
@@ -410,8 +423,14 @@ class EnvironmentManager(LoggingConfigurable):
         work: Callable[[Operation], Any],
         listeners: list[Callable[[Operation, str], None]] | None = None,
     ) -> Operation:
+        def work_then_records(op: Operation) -> Any:
+            result = work(op)
+            # Before the operation reads as ended: a notebook saved right after records it.
+            self._load_records()
+            return result
+
         return self.operations.start(
-            loc.name, kind, work, after=self._after_operation, listeners=listeners
+            loc.name, kind, work_then_records, after=self._after_operation, listeners=listeners
         )
 
     async def _after_operation(self, op: Operation) -> None:
@@ -438,6 +457,15 @@ class EnvironmentManager(LoggingConfigurable):
         self, loc: Location, listeners: list[Callable[[Operation, str], None]] | None = None
     ) -> Operation:
         return self._start(loc, "pull", lambda op: self.images.pull(loc.folder, op), listeners)
+
+    def restore(
+        self,
+        loc: Location,
+        work: Callable[[Operation], Any],
+        listeners: list[Callable[[Operation, str], None]] | None = None,
+    ) -> Operation:
+        """Start recreating a notebook's environment in ``loc`` (``work``: notebooks.restore)."""
+        return self._start(loc, "restore", work, listeners)
 
     def operation(self, operation_id: str) -> Operation | None:
         return self.operations.get(operation_id)
@@ -474,6 +502,33 @@ class EnvironmentManager(LoggingConfigurable):
             kernelspecs.sync(kernels_dir, self.kernel_specs(extra))
 
         await self._run(sync)
+
+    # -- notebooks' records ----------------------------------------------------------------
+    async def refresh_records(self) -> None:
+        """Describe every built environment's image for the notebooks saved on its kernel."""
+        async with self._records_lock:
+            await self._run(self._load_records)
+
+    def _load_records(self) -> None:
+        folders = {name: loc.folder for name, loc in self.locations().items()}
+        try:
+            self.notebook_records = environment_records(folders, self.engine.images(), self.images)
+            self._records_loaded = True
+        except EngineError as exc:
+            self.log.warning("jupyter-docker-env: notebook records not refreshed: %s", exc)
+
+    def notebook_record(self, name: str) -> NotebookEnv | None:
+        """What a notebook saved on ``name``'s kernel records, from memory: never the engine.
+        Records never loaded (no engine at start) load in the background, for the next save."""
+        if not self._records_loaded and self._records_loading is None:
+            with contextlib.suppress(RuntimeError):  # no event loop runs: outside a server
+                loop = asyncio.get_running_loop()
+                self._records_loading = loop.create_task(self.refresh_records())
+                self._records_loading.add_done_callback(self._records_loaded_once)
+        return self.notebook_records.get(name)
+
+    def _records_loaded_once(self, _future: asyncio.Future[None]) -> None:
+        self._records_loading = None
 
 
 def _read_lock(folder: Path) -> Any:

@@ -427,7 +427,9 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if exc.kind == "no-image":
             return RuntimeError(
                 f"The image {self.image} of environment {self.env_name or '?'} is not on the "
-                f"Docker engine at {where}: build the environment again. ({exc})"
+                f"Docker engine at {where}: build the environment again, or recreate it from a "
+                "notebook that records it with `jupyter docker-env restore NOTEBOOK.ipynb`. "
+                f"({exc})"
             )
         return RuntimeError(f"The Docker engine at {where} could not start the kernel: {exc}")
 

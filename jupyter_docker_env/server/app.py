@@ -8,12 +8,15 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool
 
 from .. import __version__
 from ..config import DockerEnvConfig
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
+from ..notebooks.saving import pre_save_hook
+from ..notebooks.service import NotebookEnvironments
 from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
@@ -24,9 +27,19 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     handlers = HANDLERS  # type: ignore[assignment]
     classes = [DockerEnvProvisioner]  # type: ignore[assignment]
 
+    record_environment_in_notebooks = Bool(
+        True,
+        config=True,
+        help="When a notebook that runs on an environment's kernel is saved, record the "
+        "environment in it (metadata.docker_env: spec files, content hash, image, registry "
+        "digest and lock; docs/notebooks.md), so that it can be compared and recreated "
+        "elsewhere. False saves notebooks as the editor sent them.",
+    )
+
     engine: Engine
     environments: EnvironmentManager
     serving: ServingManager
+    notebooks: NotebookEnvironments
 
     def initialize_settings(self) -> None:
         serverapp = self.serverapp
@@ -51,6 +64,12 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         self.serving = self.serving_manager_class(
             parent=self, settings=self, environments=self.environments, engine=self.engine
         )
+        self.notebooks = NotebookEnvironments(self.environments)
+        if self.record_environment_in_notebooks:
+            # Registered next to any hook the user configured (c.ContentsManager.pre_save_hook).
+            contents = serverapp.contents_manager
+            assert contents is not None
+            contents.register_pre_save_hook(pre_save_hook(self.environments))
         self.settings.update(docker_env=self)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -76,6 +95,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                     len(removed),
                 )
         await self.environments.sync_kernelspecs()
+        await self.environments.refresh_records()
 
     async def stop_extension(self) -> None:
         self.serving.close()

@@ -7,7 +7,7 @@ export namespace DockerEnv {
     'not_built' | 'building' | 'built' | 'failed' | 'outdated';
   export type EnvKind = 'spec' | 'requirements' | 'environment' | 'dockerfile';
   export type OperationKind =
-    'build' | 'push' | 'pull' | 'serving-build' | 'serving-push';
+    'build' | 'push' | 'pull' | 'restore' | 'serving-build' | 'serving-push';
   export type OperationState =
     'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
   export type Builder = 'buildkit' | 'legacy';
@@ -83,7 +83,7 @@ export namespace DockerEnv {
     } | null;
   }
 
-  /** A build, push or pull, followed at operations/{id}. */
+  /** A build, push, pull or restore, followed at operations/{id}. */
   export interface IOperation {
     id: string;
     env: string;
@@ -210,6 +210,78 @@ export namespace DockerEnv {
     removed: string[];
   }
 
+  /** An environment here, as a comparison names it. */
+  export interface IEnvRef {
+    name: string;
+    kernel_name: string;
+    state?: EnvState | null;
+    /** What its kernel runs. */
+    spec_hash?: string | null;
+  }
+
+  /** One thing that differs between a notebook's recorded environment and the one here. */
+  export interface IDifference {
+    /** python, apt, conda, base, pip, spec, or a requirements/environment file. */
+    section: string;
+    name: string;
+    /** Its version in the notebook's environment; null: not there. */
+    notebook: string | null;
+    /** Its version here; null: not here. */
+    here: string | null;
+    /** The difference in words. */
+    words: string;
+  }
+
+  /** What recreating a notebook's environment would do, shown before the user confirms. */
+  export interface IRestorePlan {
+    /** The environment it creates, or completes when it has the recorded spec. */
+    name: string;
+    /** Its kernel, which the notebook switches to. */
+    kernel_name: string;
+    kind: EnvKind;
+    base: string | null;
+    base_digest?: string | null;
+    /** What pip installs: the recorded exact versions when there is a lock. */
+    pip: string[];
+    apt: string[];
+    conda: string[];
+    /** The recorded spec files, as they will be written. */
+    files: { [name: string]: string };
+    /** The registry image, by digest, it tries to pull before building. */
+    source?: string | null;
+    allowed: boolean;
+    /** Why it may not, when it may not. */
+    refusal?: string | null;
+    field?: string | null;
+  }
+
+  /**
+   * none: no recorded environment; missing: not here (or not built);
+   * different: another spec or other versions.
+   */
+  export type NotebookEnvState = 'none' | 'same' | 'different' | 'missing';
+
+  /** A notebook's recorded environment (metadata.docker_env) against the one here. */
+  export interface INotebookEnv {
+    path: string;
+    state: NotebookEnvState;
+    /** The comparison in words. */
+    message: string;
+    /** The recorded environment's name. */
+    env?: string | null;
+    kernel_name?: string | null;
+    spec_hash?: string | null;
+    image_id?: string | null;
+    /** The recorded image in its registry, by digest. */
+    registry_image?: string | null;
+    /** The environment of that name here. */
+    current?: IEnvRef | null;
+    /** Another environment here that is the recorded one (same spec and versions). */
+    match?: IEnvRef | null;
+    differences?: IDifference[];
+    restore?: IRestorePlan | null;
+  }
+
   export function isActive(operation: IOperation | null | undefined): boolean {
     return (
       !!operation &&
@@ -317,6 +389,22 @@ export class DockerEnvAPI {
 
   async deleteServing(id: string): Promise<void> {
     await this.requestAPI(servingPath(id), 'DELETE');
+  }
+
+  /** A notebook's recorded environment against the one here (reads the notebook). */
+  compareNotebookEnv(path: string): Promise<DockerEnv.INotebookEnv> {
+    return this.requestAPI(`notebooks/env?path=${encodeURIComponent(path)}`);
+  }
+
+  /** Recreates a notebook's recorded environment; answers 202 with the operation. */
+  restoreNotebookEnv(
+    path: string,
+    name?: string
+  ): Promise<DockerEnv.IOperation> {
+    return this.requestAPI('notebooks/env/restore', 'POST', {
+      path,
+      ...(name ? { name } : {})
+    });
   }
 
   startKernel(

@@ -8,6 +8,7 @@ import { ILauncher } from '@jupyterlab/launcher';
 
 import { DockerEnv, DockerEnvAPI } from './api';
 import { dockerEnvIcon } from './icon';
+import { NotebookEnvExtension } from './notebookenv';
 import { DockerEnvPanel, PANEL_ID } from './panel';
 
 export { DockerEnv, DockerEnvAPI, DockerEnvAPIError } from './api';
@@ -56,6 +57,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       refreshKernelSpecs: () => app.serviceManager.kernelspecs.refreshSpecs()
     });
     app.shell.add(panel, 'left', { rank: 600 });
+    // Notebooks that record their environment say when it is missing here or differs.
+    app.docRegistry.addWidgetExtension(
+      'Notebook',
+      new NotebookEnvExtension(api, () =>
+        app.serviceManager.kernelspecs.refreshSpecs()
+      )
+    );
     if (restorer) {
       restorer.add(panel, PANEL_ID);
     }

@@ -1,6 +1,17 @@
 import * as path from 'path';
 
-import { APIRequestContext, expect, Page, test } from '@playwright/test';
+import { expect, Page, test } from '@playwright/test';
+
+import {
+  API_URL,
+  AUTH,
+  BASE_URL,
+  BUILD_TIMEOUT,
+  hideNotifications,
+  openLab,
+  SCREENSHOTS,
+  shutDownKernelsOf
+} from './lab';
 
 /*
  * The main path through the panel, against a real JupyterLab with jupyter-docker-env and a real
@@ -8,40 +19,12 @@ import { APIRequestContext, expect, Page, test } from '@playwright/test';
  * the code runs in a container that sees the workspace.
  */
 
-const LAB_URL = process.env.JDE_LAB_URL ?? 'http://127.0.0.1:8888/lab';
-const TOKEN = process.env.JDE_LAB_TOKEN ?? '';
 /** Optional pip packages for the test environment, comma separated (none by default). */
 const PIP = (process.env.JDE_UITEST_PIP ?? '')
   .split(',')
   .map(p => p.trim())
   .filter(p => p);
 const ENV_NAME = 'uitest';
-const BUILD_TIMEOUT = 300_000;
-const SCREENSHOTS = path.join(__dirname, '..', 'screenshots');
-
-/** The server's base URL: the lab URL less its trailing `lab`. */
-const BASE_URL = LAB_URL.replace(/\/lab\/?(\?.*)?$/, '/');
-const API_URL = `${BASE_URL}jupyter-docker-env/api/`;
-const AUTH = TOKEN ? { Authorization: `token ${TOKEN}` } : undefined;
-
-async function openLab(page: Page): Promise<void> {
-  const url = new URL(LAB_URL);
-  if (TOKEN) {
-    url.searchParams.set('token', TOKEN);
-  }
-  // A fresh layout, whatever earlier runs left open.
-  url.searchParams.set('reset', '');
-  await page.goto(url.toString());
-  await page.locator('#jupyterlab-splash').waitFor({ state: 'detached' });
-  await page.locator('.jp-LabShell').waitFor();
-}
-
-/** Hides notifications (such as the news opt-in) that would cover part of a screenshot. */
-async function hideNotifications(page: Page): Promise<void> {
-  await page.addStyleTag({
-    content: '.Toastify { display: none !important; }'
-  });
-}
 
 /** Drags the left sidebar's edge so that the panel is `width` pixels wide (for the screenshots). */
 async function widenSidebar(page: Page, width: number): Promise<void> {
@@ -58,28 +41,6 @@ async function widenSidebar(page: Page, width: number): Promise<void> {
   await page.mouse.down();
   await page.mouse.move(sidebar.x + width, y, { steps: 5 });
   await page.mouse.up();
-}
-
-/** Shuts down the kernels of an environment, if it exists. */
-async function shutDownKernelsOf(
-  request: APIRequestContext,
-  name: string
-): Promise<void> {
-  const reply = await request.get(`${API_URL}envs/${name}`, { headers: AUTH });
-  if (!reply.ok()) {
-    return;
-  }
-  const { kernel_name } = await reply.json();
-  const kernels = await (
-    await request.get(`${BASE_URL}api/kernels`, { headers: AUTH })
-  ).json();
-  for (const kernel of kernels as { id: string; name: string }[]) {
-    if (kernel.name === kernel_name) {
-      await request.delete(`${BASE_URL}api/kernels/${kernel.id}`, {
-        headers: AUTH
-      });
-    }
-  }
 }
 
 test('create, build and use an environment from the panel', async ({

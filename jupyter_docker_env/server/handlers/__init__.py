@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from . import environments, serving
+from . import environments, notebooks, serving
 from .base import DockerEnvHandler
 
-HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [*environments.HANDLERS, *serving.HANDLERS]
+HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [
+    *environments.HANDLERS,
+    *serving.HANDLERS,
+    *notebooks.HANDLERS,
+]

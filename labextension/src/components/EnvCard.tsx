@@ -11,6 +11,7 @@ import { OperationView } from './OperationView';
 import { Serving } from './Serving';
 import { Sharing } from './Sharing';
 import { IEnvSectionProps, IPanelActions } from './types';
+import { useAction } from './useAction';
 
 export interface IEnvCardProps {
   env: DockerEnv.IEnv;
@@ -28,21 +29,13 @@ export interface IEnvCardProps {
  */
 export function EnvCard(props: IEnvCardProps): JSX.Element {
   const { env, api, actions, onChanged } = props;
-  const [actionError, setActionError] = React.useState<string | null>(null);
-  const [busy, setBusy] = React.useState(false);
+  const {
+    busy,
+    error: actionError,
+    setError: setActionError,
+    run
+  } = useAction();
   const operationActive = DockerEnv.isActive(env.operation);
-
-  const run = async (action: () => Promise<void>): Promise<void> => {
-    setBusy(true);
-    setActionError(null);
-    try {
-      await action();
-    } catch (error) {
-      setActionError((error as Error).message);
-    } finally {
-      setBusy(false);
-    }
-  };
 
   const startOperation = (start: () => Promise<DockerEnv.IOperation>) =>
     run(async () => {

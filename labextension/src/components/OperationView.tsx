@@ -19,7 +19,8 @@ const VERBS: { [kind in DockerEnv.OperationKind]: string } = {
   push: 'Push',
   pull: 'Pull',
   'serving-build': 'Serving build',
-  'serving-push': 'Push'
+  'serving-push': 'Push',
+  restore: 'Restore'
 };
 
 /** The last error lines of pip, apt or conda in a log: usually the reason a step failed. */

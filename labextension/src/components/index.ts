@@ -14,6 +14,7 @@
  * Building blocks, for every new part:
  *   Field        the ONE labelled input (text, number, textarea, select, checkbox, radio) with
  *                hint and field error. Every input of the panel is a Field.
+ *   useAction    busy state and error of a part's actions (`run(action)`), as cards use them.
  *   useForm      a form's values and the server's error: `<Field type="text" label="Memory"
  *                {...form.text('memory')} />` binds value, onChange, test id and the error the
  *                server names for `memory`; `form.fail(error)` after a refused submit.
@@ -34,6 +35,9 @@
  *      DockerEnv namespace, mirroring openapi.yaml;
  *   3. add `<Runs {...section} />` on its own line in EnvCard, and export it here.
  * A panel-wide part (not per environment) goes into PanelView the same way.
+ *
+ * Outside the panel: NotebookEnvView is the body of a notebook's "Environment missing/differs"
+ * dialog (notebookenv.tsx adds that toolbar item to notebooks that record an environment).
  */
 export { Banner } from './Banner';
 export { BuildControls } from './BuildControls';
@@ -50,6 +54,7 @@ export { LockView } from './LockView';
 export { LogView } from './LogView';
 export { ErrorMessage, Note } from './Messages';
 export { MetaList } from './MetaList';
+export { NotebookEnvView } from './NotebookEnvView';
 export { OperationView } from './OperationView';
 export { PanelView } from './PanelView';
 export { ProgressView } from './ProgressView';
@@ -58,5 +63,6 @@ export { Serving } from './Serving';
 export { Sharing } from './Sharing';
 export { StatusFooter } from './StatusFooter';
 export type { IEnvSectionProps, IPanelActions } from './types';
+export { useAction } from './useAction';
 export { useFollow } from './useFollow';
 export { useForm } from './useForm';
