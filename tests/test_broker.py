@@ -615,6 +615,9 @@ async def test_a_servers_environments_are_built_by_the_broker_and_shared_ones_by
         config = spec["metadata"]["kernel_provisioner"]["config"]
         assert config["backend"] == "broker"
         assert config["image"] == f"{PREFIX}/u-{user_key(ALICE)}/mine:latest"
+        # and what a notebook on its kernel records comes from the broker's image too
+        await alice.refresh_records()
+        assert alice.notebook_records["mine"].image_id == mine.image.id
         # And the administrator's environment is read-only for her: only an admin builds it
         team = await alice.get("team")
         assert team.readonly

@@ -58,7 +58,8 @@ from .policy import (
     user_key,
 )
 
-IMAGE_LABELS = (L.ENV, L.SPEC_HASH, L.GPU, L.LOCK, L.OWNER, L.HUB_USER)
+#: The labels of an image a user sees (what its kernel's notebooks record among them).
+IMAGE_LABELS = (L.ENV, L.SPEC_HASH, L.SPEC_FILES, L.GPU, L.LOCK, L.OWNER, L.HUB_USER)
 
 
 def audit_logger() -> logging.Logger:
