@@ -24,6 +24,7 @@ SPEC_FILES = label("spec-files")  # the spec files it was built from, as JSON (n
 GPU = label("gpu")
 OWNER = label("owner")
 RENDERER = label("renderer")
+REPOSITORY = label("repository")  # PREFIX/ENV: finds an environment's untagged earlier images
 # serving images (their own names: a serving image is no environment's image)
 SERVING_ENV = label("serving.env")  # the environment it serves
 SERVING_SPEC_HASH = label("serving.spec-hash")  # that environment's content hash

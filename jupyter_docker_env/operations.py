@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import ACTIVE_STATES, OperationKind, OperationState
+from .engine import EngineUnavailable
+from .models import ACTIVE_STATES, FieldError, OperationKind, OperationState
 
 # Colour and cursor codes that pip and apt print: noise in a log read in a browser.
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -187,30 +188,41 @@ class OperationManager:
             op.started = time.time()
             return work(op)
 
-        outcome: OperationState = "failed"
+        state: OperationState = "failed"
+        error: str | None = "interrupted: the server stopped"  # unless it ends on its own
+        step = line = None
         try:
-            op.result = await loop.run_in_executor(self._executor, run)
-            outcome = "succeeded"
-        except Cancelled:
-            outcome = "cancelled"
-            op.emit("Cancelled.")
-        except OperationFailed as exc:
-            op.error, op.failed_step = str(exc), exc.step
-            op.emit(f"ERROR: {exc}")
-        except Exception as exc:  # a bug or an engine fault: the owner and the admin must hear
-            op.error = f"{type(exc).__name__}: {exc}"
-            op.emit(f"ERROR: {op.error}")
-            self.log.exception("jupyter-docker-env: %s of %s failed unexpectedly", op.kind, op.env)
-        finally:
-            # What follows the work (kernel specs, records) is done before anyone reads the
-            # operation as ended: a client that sees "succeeded" finds the kernel already there.
+            try:
+                op.result = await loop.run_in_executor(self._executor, run)
+                state, error = "succeeded", None
+            except Cancelled:
+                state, error, line = "cancelled", None, "Cancelled."
+            except OperationFailed as exc:
+                error, step = str(exc), exc.step
+            except (FieldError, EngineUnavailable) as exc:  # a file refused, the engine gone
+                error = str(exc)
+                step = f"file {exc.field}" if isinstance(exc, FieldError) else None
+                self.log.warning("jupyter-docker-env: %s of %s failed: %s", op.kind, op.env, exc)
+            except Exception as exc:  # a bug or an engine fault: the owner and the admin must hear
+                error = f"{type(exc).__name__}: {exc}"
+                self.log.exception(
+                    "jupyter-docker-env: %s of %s failed unexpectedly", op.kind, op.env
+                )
+            op.finished = time.time()
+            # Before clients see the outcome: a build is "succeeded" once its kernel spec exists.
             if after is not None:
                 try:
                     await after(op)
                 except Exception as exc:
                     op.emit(f"WARNING: after the {op.kind}: {exc}")
                     self.log.exception("jupyter-docker-env: after the %s of %s", op.kind, op.env)
-            op.state, op.finished = outcome, time.time()
+        finally:
+            op.finished = op.finished or time.time()
+            if error is not None:
+                line = f"ERROR: {error}"
+            if line:
+                op.emit(line)
+            op.state, op.error, op.failed_step = state, error, step
             assert op._done is not None
             op._done.set()
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -234,6 +235,22 @@ def test_alive_at_once_ready_once_the_model_is_loaded(app: ServingApp) -> None:
         {"prediction": [0.5]},
     )
     assert wsgi(app, "POST", "/predict", b'"teapot"')[:2] == (418, {"error": "short and stout"})
+
+
+def test_readyz_speaks_for_every_worker_of_the_container(app: ServingApp, tmp_path: Path) -> None:
+    # Given a container of two workers, of which this one has loaded its model
+    app.workers, app.ready_dir = 2, tmp_path / "ready"
+    app.start()
+    assert app.wait(10) == "ready"
+    # Then it is not ready while the other worker still loads (a probe may reach either)
+    assert wsgi(app, "GET", "/readyz")[:2] == (503, {"status": "loading"})
+    # When the other (live) worker has loaded too, Then the container is ready
+    (tmp_path / "ready" / str(os.getppid())).touch()
+    assert wsgi(app, "GET", "/readyz")[:2] == (200, {"status": "ready"})
+    # and a worker that died does not count
+    (tmp_path / "ready" / str(os.getppid())).unlink()
+    (tmp_path / "ready" / "999999999").touch()
+    assert wsgi(app, "GET", "/readyz")[0] == 503
 
 
 def test_bad_requests_are_4xx_that_say_why(app: ServingApp) -> None:
@@ -531,11 +548,17 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
 ) -> None:
     cli = demo["cli"]
     ref = built["image"]
+
+    def serving() -> list[dict[str, Any]]:
+        """This test's serving containers (another session's use other images)."""
+        found = jde_engine.containers({L.ROLE: "serving", L.SERVING_ENV: "serving-demo"})
+        return [c for c in found if c.get("ImageID") == built["id"]]
+
     # When it is served in the background, Then it prints a loopback URL that answers
     detached = cli("serve", ref, "--port", "0", "--detach")
     url = detached.stdout.strip()
     assert url.startswith("http://127.0.0.1:")
-    (container,) = jde_engine.containers({L.ROLE: "serving", L.SERVING_ENV: "serving-demo"})
+    (container,) = serving()
     bindings = jde_engine.inspect_container(container["Id"])["HostConfig"]["PortBindings"]  # type: ignore[index]
     assert [b["HostIp"] for b in bindings["8080/tcp"]] == ["127.0.0.1"]
     assert http("POST", f"{url}/predict", b'{"features": [1, 1]}')[1]["prediction"] == 1.5
@@ -557,8 +580,10 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
         assert proc.wait(30) == 130
     finally:
         if proc.poll() is None:
-            proc.kill()
-    assert jde_engine.containers({L.ROLE: "serving", L.SERVING_ENV: "serving-demo"}) == []
+            proc.kill()  # a failed step above: the container stays, remove it below
+            for leftover in serving():
+                jde_engine.remove_container(leftover["Id"])
+    assert serving() == []
 
     # list --serving shows it with its size next to the environment's image size
     listed = {row["id"]: row for row in cli.json("list", "--serving")}

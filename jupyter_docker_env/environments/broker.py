@@ -14,7 +14,6 @@ Registry sharing is the administrator's business on a shared hub: push and pull 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -36,8 +35,8 @@ from ..models import (
     Status,
 )
 from ..operations import Cancelled, Operation, OperationFailed
-from . import dockerfile, lock
-from .images import BuildSettings, ImageBuilder, Plan, _context_files
+from . import dockerfile, files, lock
+from .images import CONTEXT_SKIP, BuildSettings, ImageBuilder, Plan, _context_tree
 from .manager import EnvironmentManager, Location, _Images
 from .spec import LOCK_FILE, SPEC_FILE
 
@@ -159,34 +158,39 @@ class BrokerImageBuilder(ImageBuilder):
         except BrokerError as exc:
             raise OperationFailed(str(exc), step=exc.field and f"spec field {exc.field}") from exc
         result = self._follow_broker(str(started["id"]), op)
-        if not os.access(plan.folder, os.W_OK):
+        if not files.writable(plan.folder):
             return result  # an administrator's read-only environment
         if plan.spec.kind != "dockerfile":
             # as after a local build: a colleague's plain `docker build` of the folder works
-            for name, text in (
-                ("Dockerfile", dockerfile.render(plan.spec, folder)),
-                (".dockerignore", dockerfile.dockerignore(plan.spec)),
-            ):
-                path = plan.folder / name
-                if not path.is_file() or path.read_text() != text:
-                    path.write_text(text)
+            files.write_text(plan.folder, "Dockerfile", dockerfile.render(plan.spec, folder))
+            files.write_text(plan.folder, ".dockerignore", dockerfile.dockerignore(plan.spec))
         if result.lock is not None:
             lock.write(plan.folder, result.lock, result.spec_hash, plan.spec.name)
         return result
 
     def _files(self, plan: Plan, from_lock: bool) -> dict[str, str]:
-        """The folder's files a build reads, as text."""
+        """The folder's files a build reads, as text (read without following links)."""
         folder = plan.folder
         if plan.spec.kind == "dockerfile":
-            data = _context_files(folder)
-            names = [n for n in ("Dockerfile", ".dockerignore") if (folder / n).is_file()]
-            data.update({n: (folder / n).read_bytes() for n in names})
+            tree = _context_tree(folder)
+            if links := [n for n, e in tree.items() if e.kind == "link"]:
+                raise OperationFailed(
+                    f"{links[0]} is a symbolic link: the broker takes an environment folder's "
+                    "files only; copy the file in instead",
+                    step="files",
+                )
+            data = {
+                n: e.data for n, e in tree.items() if e.kind == "file" and n not in CONTEXT_SKIP
+            }
+            for name in ("Dockerfile", ".dockerignore"):
+                if files.is_file(folder, name):
+                    data[name] = files.read_bytes(folder, name)
         else:
             names = [SPEC_FILE] if plan.spec.kind == "spec" else []
             names += dockerfile.input_files(plan.spec)
             if from_lock:
                 names.append(LOCK_FILE)
-            data = {n: (folder / n).read_bytes() for n in names}
+            data = {n: files.read_bytes(folder, n) for n in names}
         out = {}
         for name, raw in data.items():
             try:

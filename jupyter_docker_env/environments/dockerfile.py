@@ -158,7 +158,7 @@ def render(
     out.append(r.pip("ipykernel"))
     if spec.environment and not conda_needed(spec, folder):
         # An environment.yml with only python/pip dependencies needs no conda.
-        pip_deps = environment_pip_deps(folder / spec.environment)
+        pip_deps = environment_pip_deps(folder, spec.environment)
         if pip_deps:
             out.append(r.pip(_quoted(pip_deps)))
     if spec.requirements:

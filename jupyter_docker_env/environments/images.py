@@ -8,9 +8,7 @@ Everything here blocks (it drives the engine) and runs in an operation's worker 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,21 +24,22 @@ from ..models import (
     BuildResult,
     CatalogImage,
     EnvSpec,
+    FieldError,
     ImageInfo,
     Lock,
     PushResult,
 )
 from ..models import RegistryState as RegistryStateRecord
 from ..operations import Operation, OperationFailed
-from . import dockerfile, lock
+from . import dockerfile, files, lock
 from .spec import (
     CA_FILE,
-    GENERATED_MARK,
-    IMAGE_RE,
     LOCK_FILE,
     SPEC_FILE,
     SpecError,
     check_base_allowed,
+    image_reference,
+    is_generated,
     load,
     spec_hash,
 )
@@ -113,12 +112,11 @@ class ImageBuilder:
         spec = load(folder, self.settings.default_base)
         check_base_allowed(spec, list(self.settings.allowed_bases))
         if spec.kind == "dockerfile":
-            files = _context_files(folder)
-            return Plan(folder, spec, spec_hash(spec, "", dockerfile.RENDERER_VERSION, files), None)
-        existing = folder / "Dockerfile"
-        if existing.is_file() and not existing.read_text(errors="replace").startswith(
-            GENERATED_MARK
-        ):
+            digest = spec_hash(spec, "", dockerfile.RENDERER_VERSION, _context_hashed(folder))
+            return Plan(folder, spec, digest, None)
+        for generated in ("Dockerfile", ".dockerignore", LOCK_FILE):
+            files.check_file(folder, generated)  # a link there is refused, never written through
+        if files.is_file(folder, "Dockerfile") and not is_generated(folder):
             raise SpecError(
                 "Dockerfile",
                 f"{folder} has both {SPEC_FILE} and a hand-written Dockerfile; remove one "
@@ -136,8 +134,8 @@ class ImageBuilder:
             base_id = base_ids[spec.base]
         else:
             base_id = self.present_base_id(spec.base)
-        files = {f: (folder / f).read_bytes() for f in dockerfile.input_files(spec)}
-        digest = spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, files) if base_id else ""
+        inputs = {f: files.read_bytes(folder, f) for f in dockerfile.input_files(spec)}
+        digest = spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, inputs) if base_id else ""
         return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id))
 
     def present_base_id(self, ref: str) -> str:
@@ -209,7 +207,17 @@ class ImageBuilder:
         removed = [row for row in self.catalog() if row.name == name]
         for summary in self.images_of(name):
             self.engine.remove_image_tags(summary, repository)
+        self.sweep_untagged(repository)
         return removed
+
+    def sweep_untagged(self, repository: str | None = None) -> None:
+        """Remove the untagged images of this prefix's environments (or of one repository)
+        that no container uses any more: earlier builds that a kernel still used when a
+        rebuild or a delete took their tags."""
+        prefix = f"{self.settings.image_prefix}/"
+        for summary in self.engine.images({L.REPOSITORY: repository}, dangling=True):
+            if (summary.get("Labels") or {}).get(L.REPOSITORY, "").startswith(prefix):
+                self.engine.remove_if_unused(str(summary["Id"]))
 
     # -- the build -------------------------------------------------------------------------
     def build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
@@ -217,10 +225,10 @@ class ImageBuilder:
         plan = self._operation_plan(folder, op, from_lock=options.from_lock)
         ref = self.image_ref(plan)
         op.emit(f"Environment {plan.spec.name}: image {ref}")
-        if plan.spec.kind != "dockerfile" and os.access(plan.folder, os.W_OK):
+        if plan.spec.kind != "dockerfile" and files.writable(plan.folder):
             # Keep the folder a plain build context: the files a colleague's `docker build` needs.
-            _write_if_changed(plan.folder / "Dockerfile", dockerfile.render(plan.spec, folder))
-            _write_if_changed(plan.folder / ".dockerignore", dockerfile.dockerignore(plan.spec))
+            files.write_text(plan.folder, "Dockerfile", dockerfile.render(plan.spec, folder))
+            files.write_text(plan.folder, ".dockerignore", dockerfile.dockerignore(plan.spec))
         if not options.no_cache:
             if (existing := self.find_image(ref)) is not None:
                 op.emit("Unchanged since the last build: reusing the image, nothing to build.")
@@ -257,7 +265,7 @@ class ImageBuilder:
         """plan() for an operation: a spec error fails it, naming the field."""
         try:
             return self.plan(folder, op, from_lock=from_lock)
-        except SpecError as exc:
+        except FieldError as exc:
             raise OperationFailed(str(exc), step=f"spec field {exc.field}") from exc
 
     def _base_record(self, plan: Plan) -> BaseImage | None:
@@ -279,6 +287,7 @@ class ImageBuilder:
             L.SPEC_HASH: plan.hash,
             L.GPU: "true" if plan.spec.gpu else "false",
             L.RENDERER: dockerfile.RENDERER_VERSION,
+            L.REPOSITORY: self.repository(plan.spec.name),
         }
         if self.settings.owner:
             labels[L.OWNER] = self.settings.owner
@@ -300,13 +309,15 @@ class ImageBuilder:
         labels = self.image_labels(plan)
         buildkit = builder == "buildkit"
         with tempfile.TemporaryDirectory(prefix="docker-env-ctx-") as tmp:
+            context = Path(tmp) / "context"
             if plan.spec.kind == "dockerfile":
-                context = plan.folder  # the user's Dockerfile, with the folder as is
-                text = (plan.folder / "Dockerfile").read_text()
+                # The user's Dockerfile with a copy of its context, read without following links:
+                # builders would read the folder as root, and follow a link swapped in meanwhile.
+                files.write_tree(_context_tree(plan.folder), context)
+                text = files.read_text(plan.folder, "Dockerfile")
                 if not buildkit:
                     text = f"{text.rstrip()}\n{label_instruction(labels)}"
             else:
-                context = Path(tmp) / "context"
                 self._context(plan, context)
                 text = dockerfile.render(
                     spec or plan.spec,
@@ -336,10 +347,9 @@ class ImageBuilder:
         """The build context: only what the Dockerfile copies, plus the CA bundle if set."""
         context.mkdir()
         (context / ".dockerignore").write_text(dockerfile.dockerignore(plan.spec))
-        if plan.spec.kind == "spec":
-            shutil.copy(plan.folder / SPEC_FILE, context / SPEC_FILE)
-        for name in dockerfile.input_files(plan.spec):
-            shutil.copy(plan.folder / name, context / name)
+        copied = [SPEC_FILE] if plan.spec.kind == "spec" else []
+        for name in [*copied, *dockerfile.input_files(plan.spec)]:
+            (context / name).write_bytes(files.read_bytes(plan.folder, name))
         ca = self.settings.ca_bundle
         if ca:
             if not Path(ca).is_file():
@@ -348,7 +358,7 @@ class ImageBuilder:
                     "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
                     step="CA bundle",
                 )
-            shutil.copy(ca, context / CA_FILE)
+            (context / CA_FILE).write_bytes(Path(ca).read_bytes())  # the admin's, not the user's
 
     def _follow(self, events: Iterator[Any], op: Operation) -> str:
         current = None
@@ -398,7 +408,7 @@ class ImageBuilder:
             if old is not None and old["Id"] != image.id:
                 self.engine.remove_if_unused(str(old["Id"]))  # a rebuild left it untagged
         found = self.lock_of(image)
-        if found is not None and os.access(plan.folder, os.W_OK):
+        if found is not None and files.writable(plan.folder):
             lock.write(plan.folder, found, plan.hash, plan.spec.name)
         if op:
             op.emit(f"Done: {ref} ({image.id[:19]})")
@@ -597,9 +607,13 @@ def _reason(log: list[str]) -> str:
     return "\n".join(line for line in tail if line.startswith(("ERROR:", "E: ", "error:")))
 
 
-def _write_if_changed(path: Path, text: str) -> None:
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+def _context_tree(folder: Path) -> dict[str, files.Entry]:
+    """Everything a plain `docker build` of the folder would send (honouring .dockerignore),
+    read without following links; a link out of the folder is refused."""
+    has_ignore = files.present(folder, ".dockerignore")
+    ignore = files.read_text(folder, ".dockerignore") if has_ignore else ""
+    patterns = [p.strip() for p in ignore.splitlines() if p.strip() and not p.startswith("#")]
+    return files.read_tree(folder, context_names(str(folder), patterns))
 
 
 #: The most spec text an image label (and so a notebook) carries, quoted as a Dockerfile LABEL
@@ -611,15 +625,16 @@ def spec_files(folder: Path, spec: EnvSpec) -> dict[str, str] | None:
     """The files that define ``spec``, as text: its docker-env.toml and the files it names, or a
     Dockerfile's build context. None when they are not text or too large for a label."""
     if spec.kind == "dockerfile":
-        raw = _context_files(folder)
+        tree = _context_tree(folder)
+        raw = {n: e.data for n, e in tree.items() if e.kind == "file" and n not in CONTEXT_SKIP}
     else:
         names = [SPEC_FILE] if spec.kind == "spec" else []
-        raw = {n: (folder / n).read_bytes() for n in [*names, *dockerfile.input_files(spec)]}
+        raw = {n: files.read_bytes(folder, n) for n in [*names, *dockerfile.input_files(spec)]}
     try:
-        files = {name: data.decode() for name, data in raw.items()}
+        text = {name: data.decode() for name, data in raw.items()}
     except UnicodeDecodeError:
         return None
-    return files if len(shlex.quote(spec_files_label(files))) <= SPEC_FILES_LIMIT else None
+    return text if len(shlex.quote(spec_files_label(text))) <= SPEC_FILES_LIMIT else None
 
 
 def spec_files_label(files: dict[str, str]) -> str:
@@ -627,14 +642,16 @@ def spec_files_label(files: dict[str, str]) -> str:
     return json.dumps(files, sort_keys=True, separators=(",", ":"))
 
 
-def _context_files(folder: Path) -> dict[str, bytes]:
-    """Every file a plain `docker build` of the folder would send (honouring .dockerignore)."""
-    ignore = folder / ".dockerignore"
-    patterns = ignore.read_text().splitlines() if ignore.is_file() else []
-    patterns = [p.strip() for p in patterns if p.strip() and not p.startswith("#")]
-    names = sorted(context_names(str(folder), patterns))
-    skip = {LOCK_FILE, CA_FILE}
-    return {n: (folder / n).read_bytes() for n in names if (folder / n).is_file() and n not in skip}
+#: Files of a folder that never name its image: what the build writes, and the CA bundle.
+CONTEXT_SKIP = frozenset({LOCK_FILE, CA_FILE})
+
+
+def _context_hashed(folder: Path) -> dict[str, bytes]:
+    """What of the build context names the image: files by content, links by target."""
+    tree = _context_tree(folder)
+    hashed = {n: e.data for n, e in tree.items() if e.kind == "file" and n not in CONTEXT_SKIP}
+    hashed.update({f"{n}\0link": e.data for n, e in tree.items() if e.kind == "link"})
+    return hashed
 
 
 def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
@@ -646,7 +663,7 @@ def _log_transfer(op: Operation, msg: dict[str, Any]) -> None:
 
 def registry_problem(registry: str) -> str | None:
     """Why ``registry`` is no HOST[:PORT]/NAMESPACE setting, or None when it is one."""
-    if IMAGE_RE.match(f"{registry.rstrip('/')}/env:tag"):
+    if image_reference(f"{registry.rstrip('/')}/env:tag"):
         return None
     return (
         f"the registry setting {registry!r} is not HOST[:PORT]/NAMESPACE like "

@@ -17,6 +17,7 @@ import tomli_w
 
 from ..engine import Engine, EngineError
 from ..models import BaseImage, EnvSpec, Lock
+from . import files
 from .dockerfile import LOCK_SCRIPT
 from .spec import LOCK_FILE, SpecError
 
@@ -91,14 +92,13 @@ def _inventory(
 
 def read(folder: Path) -> tuple[Lock, str] | None:
     """The folder's lock file and the spec hash it was written for, or None."""
-    path = folder / LOCK_FILE
-    if not path.is_file():
+    if not files.present(folder, LOCK_FILE):
         return None
     try:
-        data = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        data = tomllib.loads(files.read_text(folder, LOCK_FILE))
+        return Lock.from_json(data), str(data.get("spec_hash", ""))
+    except (tomllib.TOMLDecodeError, RecursionError, TypeError, ValueError) as exc:
         raise SpecError(LOCK_FILE, f"is not a valid lock file: {exc}") from exc
-    return Lock.from_json(data), str(data.get("spec_hash", ""))
 
 
 def write(folder: Path, lock: Lock, spec_hash: str, name: str) -> None:
@@ -107,9 +107,7 @@ def write(folder: Path, lock: Lock, spec_hash: str, name: str) -> None:
     if lock.base is not None:
         body["base"] = {"image": lock.base.image, "id": lock.base.id, "digest": lock.base.digest}
     text = HEADER.format(short=spec_hash[:16], name=name) + tomli_w.dumps(body)
-    path = folder / LOCK_FILE
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+    files.write_text(folder, LOCK_FILE, text)
 
 
 def from_label(raw: str | None) -> Lock | None:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ..models import (
     BuildOptions,
     Environment,
     EnvState,
+    FieldError,
     GpuStatus,
     ImageInfo,
     RegistryState,
@@ -42,9 +42,19 @@ from ..models import (
 )
 from ..notebooks.record import NotebookEnv, environment_records
 from ..operations import Operation, OperationManager
-from . import lock
+from . import files, lock
 from .images import ImageBuilder, Plan
-from .spec import SPEC_FILE, SpecError, detect_kind, load, parse
+from .spec import (
+    SPEC_FILE,
+    SPEC_KEYS,
+    SpecError,
+    check_name,
+    check_text,
+    detect_kind,
+    load,
+    parse,
+    shown,
+)
 
 if TYPE_CHECKING:
     from ..config import DockerEnvConfig
@@ -58,7 +68,9 @@ class EnvNotFound(LookupError):
 
 
 class EnvConflict(Exception):
-    pass
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class EnvReadOnly(Exception):
@@ -116,13 +128,13 @@ class EnvironmentManager(LoggingConfigurable):
         self.settings = settings
         self.root_dir = root_dir.resolve()
         self.env_dirs = [self._under_root(d) for d in settings.env_dirs]
-        self.shared_env_dirs = [Path(d) for d in settings.shared_env_dirs]
+        self.shared_env_dirs = [Path(d).resolve() for d in settings.shared_env_dirs]
         self.engine = engine
         self.images = ImageBuilder(engine, settings.build_settings())
         self.operations = OperationManager(workers=settings.build_workers, log=self.log)
         self.kernels_dir = kernels_dir
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-env-envs")
-        self._plans: dict[Path, tuple[Any, Plan | SpecError]] = {}
+        self._plans: dict[Path, tuple[Any, Plan | FieldError]] = {}
         #: What a notebook saved on each built environment's kernel records (metadata.docker_env):
         #: refreshed after every operation, so that saving a notebook never asks the engine.
         self.notebook_records: dict[str, NotebookEnv] = {}
@@ -150,19 +162,27 @@ class EnvironmentManager(LoggingConfigurable):
 
     # -- discovery -------------------------------------------------------------------------
     def locations(self) -> dict[str, Location]:
-        """Every environment folder by name; the user's own win over shared ones."""
+        """Every environment folder by name; the user's own win over shared ones.
+
+        A link in the place of an environment folder is listed too (never followed: describing
+        it says so), and a folder that cannot be read is listed with its error; one bad folder
+        never hides the others.
+        """
         found: dict[str, Location] = {}
         for readonly, dirs in ((True, self.shared_env_dirs), (False, self.env_dirs)):
             for parent in dirs:
-                if not parent.is_dir():
-                    continue
-                for folder in sorted(parent.iterdir()):
-                    if folder.name.startswith(".") or not folder.is_dir():
+                try:
+                    entries = sorted(os.scandir(parent), key=lambda e: e.name)
+                except OSError:
+                    continue  # missing, or not a folder: no environments there
+                for entry in entries:
+                    if entry.name.startswith(".") or not _is_environment(entry):
                         continue
-                    if detect_kind(folder) is None:
-                        continue
+                    folder = Path(entry.path)
                     name = self._name(folder)
-                    found[name] = Location(name, folder, readonly or not os.access(folder, os.W_OK))
+                    # A link in a folder's place is the parent's to remove.
+                    mine = folder.parent if entry.is_symlink() else folder
+                    found[name] = Location(name, folder, readonly or not files.writable(mine))
         return found
 
     def _name(self, folder: Path) -> str:
@@ -173,7 +193,7 @@ class EnvironmentManager(LoggingConfigurable):
                 return entry.spec.name
         try:
             return load(folder, self.settings.default_base).name
-        except SpecError:
+        except FieldError:
             return folder.name.lower()
 
     def locate(self, name: str) -> Location:
@@ -190,7 +210,7 @@ class EnvironmentManager(LoggingConfigurable):
         folder = folder.resolve()
         if not folder.is_dir():
             raise SpecError("folder", f"{folder} is not a folder")
-        return Location(self._name(folder), folder, not os.access(folder, os.W_OK))
+        return Location(self._name(folder), folder, not files.writable(folder))
 
     # -- the engine ------------------------------------------------------------------------
     async def status(self) -> Status:
@@ -219,9 +239,7 @@ class EnvironmentManager(LoggingConfigurable):
 
     async def check_engine(self) -> None:
         """Raise EngineUnavailable, saying what to do, unless the engine answers."""
-        info = await self._run(self.engine.info)
-        if not info.available:
-            raise EngineUnavailable(info.reason or "no Docker engine answers")
+        await self._run(self._require_engine)
 
     # -- describing ------------------------------------------------------------------------
     def _image_index(self) -> _Images:
@@ -235,22 +253,23 @@ class EnvironmentManager(LoggingConfigurable):
                     ids[ref] = image_id
         return _Images(ids, summaries)
 
-    def _plan(self, loc: Location, images: _Images) -> Plan | SpecError:
+    def _plan(self, loc: Location, images: _Images) -> Plan | FieldError:
         """The folder's plan, recomputed only when its files or its base image changed."""
         key = _fingerprint(loc.folder)
         cached = self._plans.get(loc.folder)
         if cached is not None and cached[0] == key:
             entry = cached[1]
-            if isinstance(entry, SpecError) or entry.base is None:
+            if isinstance(entry, FieldError) or entry.base is None:
                 return entry
             if images.ids.get(entry.base.image, entry.base.id) == entry.base.id and entry.hash:
                 return entry
+        fresh: Plan | FieldError
         try:
-            entry = self.images.plan(loc.folder, resolve_base=False, base_ids=images.ids)
-        except SpecError as exc:
-            entry = exc  # type: ignore[assignment]
-        self._plans[loc.folder] = (key, entry)
-        return entry
+            fresh = self.images.plan(loc.folder, resolve_base=False, base_ids=images.ids)
+        except FieldError as exc:
+            fresh = exc
+        self._plans[loc.folder] = (key, fresh)
+        return fresh
 
     def _describe(self, loc: Location, images: _Images) -> Environment:
         op = self.operations.latest(loc.name)
@@ -262,10 +281,8 @@ class EnvironmentManager(LoggingConfigurable):
             "operation": op.to_json() if op else None,
         }
         plan = self._plan(loc, images)
-        if isinstance(plan, SpecError):
-            return Environment(
-                **common, kind=detect_kind(loc.folder) or "spec", state="failed", error=str(plan)
-            )
+        if isinstance(plan, FieldError):
+            return Environment(**common, kind=_kind(loc.folder), state="failed", error=str(plan))
         spec = plan.spec
         current = images.image(self.images.image_ref(plan)) if plan.hash else None
         # Out of date: the last build's image still runs the kernel, so show it.
@@ -301,12 +318,30 @@ class EnvironmentManager(LoggingConfigurable):
         except ValueError:
             return str(folder)
 
+    def _describe_isolated(self, loc: Location, images: _Images) -> Environment:
+        """Describe one environment; one that cannot be described is shown with its error."""
+        try:
+            return self._describe(loc, images)
+        except EngineUnavailable:
+            raise
+        except Exception as exc:
+            self.log.exception("jupyter-docker-env: cannot describe %s", loc.folder)
+            return Environment(
+                name=loc.name,
+                path=self._display_path(loc.folder),
+                readonly=loc.readonly,
+                kernel_name=kernelspecs.kernel_name(loc.name),
+                kind=_kind(loc.folder),
+                state="failed",
+                error=f"this environment cannot be read: {type(exc).__name__}: {exc}",
+            )
+
     def _all(self) -> list[Environment]:
         images = self._image_index()
-        return [self._describe(loc, images) for loc in self.locations().values()]
+        return [self._describe_isolated(loc, images) for loc in self.locations().values()]
 
     def _get(self, loc: Location) -> Environment:
-        return self._describe(loc, self._image_index())
+        return self._describe_isolated(loc, self._image_index())
 
     async def list_all(self) -> list[Environment]:
         return await self._run(self._all)
@@ -331,54 +366,75 @@ class EnvironmentManager(LoggingConfigurable):
         return await self.describe(loc)
 
     def _create(self, body: dict[str, Any]) -> Location:
+        """Validate everything, then write the folder: nothing is written for a bad request."""
         from_path = body.pop("from_path", None)
-        name = body.get("name")
-        if not isinstance(name, str) or not name:
-            raise SpecError("name", "give the new environment a name")
-        folder = self.env_dirs[0] / name
-        if from_path is not None:
-            source = self._workspace_file(from_path)
-            # Validate everything before anything is written.
-            parse({"name": name}, folder, self.settings.default_base, kind="dockerfile")
-            if name in self.locations() or folder.exists():
-                raise EnvConflict(f"an environment named {name!r} already exists")
-            folder.mkdir(parents=True)
-            shutil.copy(source, folder / source.name)
-            try:
-                self._write_spec_for(folder, body, source)
-            except SpecError:
-                shutil.rmtree(folder)
-                raise
+        name = check_name(body.get("name"))
+        content: dict[str, bytes] = {}
+        if from_path is None:
+            spec = parse(body, self.env_dirs[0] / name, self.settings.default_base)
+            content[SPEC_FILE] = tomli_w.dumps(spec.to_toml()).encode()
         else:
-            spec = parse(body, folder, self.settings.default_base)
-            if name in self.locations() or folder.exists():
-                raise EnvConflict(f"an environment named {name!r} already exists")
-            folder.mkdir(parents=True)
-            (folder / SPEC_FILE).write_text(tomli_w.dumps(spec.to_toml()))
+            source, content[source.name] = self._workspace_file(from_path)
+            spec_text = self._spec_for(source, body)
+            if spec_text is not None:
+                content[SPEC_FILE] = spec_text.encode()
+        if name in self.locations():
+            raise EnvConflict(f"an environment named {name!r} already exists", "name")
+        self._require_engine()
+        relative = self.env_dirs[0].relative_to(self.root_dir) / name
+        try:
+            folder = files.make_folder(self.root_dir, str(relative))
+        except FileExistsError:
+            raise EnvConflict(f"{relative} already exists", "name") from None
+        try:
+            for file_name, data in content.items():
+                files.write_bytes(folder, file_name, data)
+        except BaseException:
+            files.remove_folder(folder)
+            raise
         return Location(name, folder, readonly=False)
 
-    def _write_spec_for(self, folder: Path, body: dict[str, Any], source: Path) -> None:
-        """A spec naming the copied file, when the file alone does not say everything."""
+    def _spec_for(self, source: Path, body: dict[str, Any]) -> str | None:
+        """A spec naming the copied file, when the request says more than the file alone."""
         key = {"requirements.txt": "requirements", "Dockerfile": None}.get(
             source.name, "environment"
         )
+        extra = sorted(body.keys() - {"name"})
         if key is None:
-            return
-        if body.keys() - {"name"} or body["name"] != folder.name:
-            spec = parse({key: source.name, **body}, folder, self.settings.default_base)
-            (folder / SPEC_FILE).write_text(tomli_w.dumps(spec.to_toml()))
+            if extra:
+                raise SpecError(extra[0], "an environment made from a Dockerfile takes only a name")
+            return None
+        for field in extra:
+            if field not in SPEC_KEYS or field in ("requirements", "environment"):
+                raise SpecError(field, f"unknown key for an environment made from {source.name}")
+        # Validated against the source's folder: the file is the same once copied.
+        spec = parse({key: source.name, **body}, source.parent, self.settings.default_base)
+        return tomli_w.dumps(spec.to_toml()) if extra else None
 
-    def _workspace_file(self, path: Any) -> Path:
+    def _workspace_file(self, path: Any) -> tuple[Path, bytes]:
+        """The real path and the content of a file the user named in the workspace."""
         if not isinstance(path, str) or not path:
             raise SpecError("from_path", "must be the path of a file in the workspace")
-        source = (self.root_dir / path).resolve()
+        check_text("from_path", path)
+        if any(len(part.encode(errors="replace")) > files.NAME_MAX for part in path.split("/")):
+            raise SpecError("from_path", f"{shown(path)} is not a valid path")
+        source = Path(os.path.realpath(self.root_dir / path))
         if self.root_dir not in source.parents:
-            raise SpecError("from_path", f"{path} is outside the workspace")
-        if not source.is_file():
-            raise SpecError("from_path", f"{path} does not exist")
+            raise SpecError("from_path", f"{shown(path)} is outside the workspace")
         if source.name not in CREATE_FROM:
-            raise SpecError("from_path", f"{path} must be one of: {', '.join(sorted(CREATE_FROM))}")
-        return source
+            raise SpecError(
+                "from_path", f"{shown(path)} must be one of: {', '.join(sorted(CREATE_FROM))}"
+            )
+        try:
+            return source, files.read_bytes(source.parent, source.name)
+        except files.FileRefused as exc:
+            raise SpecError("from_path", f"{shown(path)} {exc.message}") from exc
+
+    def _require_engine(self) -> None:
+        """Raise EngineUnavailable before a change that could not be shown without the engine."""
+        info = self.engine.info()
+        if not info.available:
+            raise EngineUnavailable(info.reason or "no Docker engine answers")
 
     async def update(self, name: str, body: dict[str, Any]) -> Environment:
         loc = await self._run(self._update, name, body)
@@ -394,10 +450,8 @@ class EnvironmentManager(LoggingConfigurable):
         if body["name"] != name:
             raise SpecError("name", "renaming an environment is not supported: create a new one")
         spec = parse(body, loc.folder, self.settings.default_base)
-        path = loc.folder / SPEC_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(tomli_w.dumps(spec.to_toml()))
-        tmp.replace(path)  # atomic: a failed write never loses the old spec
+        self._require_engine()
+        files.write_text(loc.folder, SPEC_FILE, tomli_w.dumps(spec.to_toml()))  # atomic
         return loc
 
     async def delete(self, name: str) -> None:
@@ -411,8 +465,9 @@ class EnvironmentManager(LoggingConfigurable):
             raise EnvReadOnly(f"{name} is provided read-only by the administrator")
         if self.operations.active(name):
             raise EnvConflict(f"{name} has a build, push or pull running: cancel it first")
-        self.images.remove(name)
-        shutil.rmtree(loc.folder)
+        if _valid_name(name):  # a broken folder's name may name no image at all
+            self.images.remove(name)
+        files.remove_folder(loc.folder)
         self._plans.pop(loc.folder, None)
 
     # -- operations ------------------------------------------------------------------------
@@ -436,6 +491,14 @@ class EnvironmentManager(LoggingConfigurable):
     async def _after_operation(self, op: Operation) -> None:
         if op.kind != "push":
             await self.sync_kernelspecs()
+            await self.sweep_images()
+
+    async def sweep_images(self) -> None:
+        """Remove untagged images of these environments that nothing uses any more."""
+        try:
+            await self._run(self.images.sweep_untagged)
+        except EngineUnavailable as exc:
+            self.log.warning("jupyter-docker-env: old images not swept: %s", exc)
 
     def build(
         self,
@@ -479,6 +542,8 @@ class EnvironmentManager(LoggingConfigurable):
         images = self._image_index()
         specs = []
         for loc in self.locations().values():
+            if not _valid_name(loc.name):  # a broken folder's
+                continue
             latest = images.image(self.images.latest_ref(loc.name))
             if latest is None:
                 continue
@@ -501,7 +566,10 @@ class EnvironmentManager(LoggingConfigurable):
         def sync() -> None:
             kernelspecs.sync(kernels_dir, self.kernel_specs(extra))
 
-        await self._run(sync)
+        try:
+            await self._run(sync)
+        except EngineUnavailable as exc:  # the specs stay as they are until it is back
+            self.log.warning("jupyter-docker-env: kernel specs not updated: %s", exc)
 
     # -- notebooks' records ----------------------------------------------------------------
     async def refresh_records(self) -> None:
@@ -535,20 +603,47 @@ class EnvironmentManager(LoggingConfigurable):
 def _read_lock(folder: Path) -> Any:
     try:
         found = lock.read(folder)
-    except SpecError:
+    except FieldError:
         return None
     return found[0] if found else None
+
+
+def _is_environment(entry: os.DirEntry[str]) -> bool:
+    """A folder of the workspace that holds an environment, or a link in the place of one."""
+    try:
+        if entry.is_symlink():
+            return True
+        return entry.is_dir(follow_symlinks=False) and detect_kind(Path(entry.path)) is not None
+    except (FieldError, OSError):
+        return True  # listed with the reason it cannot be read
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except SpecError:
+        return False
+    return True
+
+
+def _kind(folder: Path) -> str:
+    try:
+        return detect_kind(folder) or "spec"
+    except FieldError:
+        return "spec"
 
 
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """Sizes and mtimes of what a folder's plan depends on: its top-level files, and for a
     Dockerfile-kind folder every file of its build context."""
     entries: list[tuple[str, int, int]] = []
-    recursive = (folder / "Dockerfile").is_file() and not (folder / SPEC_FILE).is_file()
     try:
+        if folder.is_symlink():
+            return ()  # never followed
+        recursive = files.is_file(folder, "Dockerfile") and not files.present(folder, SPEC_FILE)
         if recursive:
-            for dirpath, _dirs, files in os.walk(folder):
-                for name in files:
+            for dirpath, _dirs, names in os.walk(folder):
+                for name in names:
                     path = os.path.join(dirpath, name)
                     st = os.lstat(path)
                     entries.append((path, st.st_mtime_ns, st.st_size))
@@ -557,6 +652,6 @@ def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
                 for entry in it:
                     st = entry.stat(follow_symlinks=False)
                     entries.append((entry.name, st.st_mtime_ns, st.st_size))
-    except OSError:
+    except (OSError, FieldError):
         return ()
     return tuple(sorted(entries))

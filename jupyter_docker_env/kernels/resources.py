@@ -26,17 +26,17 @@ class ResourceError(FieldError):
 
 def parse_memory(value: str | int) -> int:
     """Bytes from ``"512m"``, ``"2g"``, ``"1.5GiB"`` or a plain number of bytes; 0: no limit."""
-    match = _MEMORY.match(str(value)) if not isinstance(value, bool) else None
+    match = _MEMORY.fullmatch(str(value)) if not isinstance(value, bool) else None
     if not match:
         raise ResourceError(
             "memory",
-            f"memory limit {value!r} is not a size: use a number with an optional unit, "
+            f"memory limit {str(value)[:40]!r} is not a size: use a number with an optional unit, "
             'e.g. "512m" or "2g" ("0" for no limit)',
         )
-    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-    if size > MAX_MEMORY:
-        raise ResourceError("memory", f"memory limit {value!r} is more than a pebibyte")
-    return size
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if size > MAX_MEMORY:  # also inf, from a number too long for a float
+        raise ResourceError("memory", f"memory limit {str(value)[:40]!r} is more than a pebibyte")
+    return int(size)
 
 
 def parse_cpus(value: Any) -> float:

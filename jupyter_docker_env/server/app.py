@@ -96,6 +96,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                 )
         await self.environments.sync_kernelspecs()
         await self.environments.refresh_records()
+        await self.environments.sweep_images()  # what the last run's kernels held untagged
 
     async def stop_extension(self) -> None:
         self.serving.close()

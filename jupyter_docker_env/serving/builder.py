@@ -26,9 +26,10 @@ from typing import Any
 
 from .. import labels as L
 from ..engine import Engine, EngineError, ImageNotFound
+from ..environments import files
 from ..environments.dockerfile import VENV
 from ..environments.images import ImageBuilder, Plan, registry_problem
-from ..environments.spec import IMAGE_RE, conda_needed, environment_pip_deps
+from ..environments.spec import conda_needed, environment_pip_deps, image_reference
 from ..models import (
     FieldError,
     ImageInfo,
@@ -475,7 +476,7 @@ def _serving_image(
 
 
 def check_tag(tag: str | None) -> str | None:
-    if tag is not None and not IMAGE_RE.match(tag):
+    if tag is not None and not image_reference(tag):
         raise FieldError(
             "tag", f"{tag!r} is not an image reference like registry.example.com/team/x:1"
         )
@@ -487,9 +488,9 @@ def _requested(plan: Plan) -> list[str]:
     spec = plan.spec
     lines = list(spec.pip)
     if spec.requirements:
-        lines += slim.requirement_lines((plan.folder / spec.requirements).read_text())
+        lines += slim.requirement_lines(files.read_text(plan.folder, spec.requirements))
     if spec.environment:
-        lines += environment_pip_deps(plan.folder / spec.environment)
+        lines += environment_pip_deps(plan.folder, spec.environment)
     return lines
 
 

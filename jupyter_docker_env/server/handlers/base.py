@@ -104,7 +104,7 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         if isinstance(exc, (ApiError, FieldError)):
             message, field = exc.message, exc.field
         elif status_for(exc) is not None:
-            message, field = str(exc), None
+            message, field = str(exc), getattr(exc, "field", None)
         else:
             super().write_error(status_code, **kwargs)  # logged, and no internals in the body
             return
@@ -118,11 +118,12 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         try:
             body = json.loads(self.request.body)
         except (ValueError, RecursionError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from exc
+            raise ApiError(400, f"the request body is not valid JSON: {exc}", "body") from exc
         if not isinstance(body, dict):
-            raise ApiError(400, "the request body must be a JSON object")
-        if nesting_depth(body, MAX_BODY_DEPTH) > MAX_BODY_DEPTH:
-            raise ApiError(400, "the request body is nested too deeply")
+            raise ApiError(400, "the request body must be a JSON object", "body")
+        for key, value in body.items():
+            if nesting_depth(value, MAX_BODY_DEPTH, 1) > MAX_BODY_DEPTH:
+                raise ApiError(400, "is nested too deeply", key)
         return body
 
     def offset_argument(self) -> int:

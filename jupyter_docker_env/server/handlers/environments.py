@@ -71,11 +71,11 @@ class RegistryHandler(DockerEnvHandler):
     @web.authenticated
     @authorized
     async def get(self, name: str) -> None:
+        if not self.ext.registry:
+            raise ApiError(400, NO_REGISTRY, "registry")
         state = await self.environments.registry(name)
         if state is None:
-            raise ApiError(
-                400, "no registry is configured: set c.DockerEnvApp.registry", "registry"
-            )
+            raise ApiError(400, NO_REGISTRY, "registry")
         self.reply(state.to_json())
 
 
@@ -92,9 +92,7 @@ class OperationStartHandler(DockerEnvHandler):
         elif body:
             raise FieldError(sorted(body)[0], f"{action} takes no options")
         elif not self.ext.registry:
-            raise ApiError(
-                400, "no registry is configured: set c.DockerEnvApp.registry", "registry"
-            )
+            raise ApiError(400, NO_REGISTRY, "registry")
         await self.environments.check_engine()
         loc = await envs.location(name)
         if action == "builds":

@@ -45,6 +45,9 @@ def _int(name: str, default: int) -> int:
 
 bind = [f"0.0.0.0:{_int('SERVING_PORT', 8080)}"]
 workers = _int("WEB_CONCURRENCY", cpu_limit())
+# /readyz speaks for all workers: each marks itself here once its model is loaded.
+os.environ["SERVING_WORKERS"] = str(workers)
+os.environ.setdefault("SERVING_READY_DIR", "/dev/shm/serving-ready")
 worker_class = "gthread"
 threads = _int("SERVING_THREADS", 4)
 timeout = _int("SERVING_TIMEOUT", 60)

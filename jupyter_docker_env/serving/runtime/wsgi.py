@@ -8,6 +8,10 @@ then 503), so a worker that gunicorn restarts never fails a request. ``/predict`
 ``FUNCTION(payload)`` with the request's JSON and answers its return value as JSON; a
 ``(body, status)`` tuple sets the status.
 
+Behind gunicorn's several workers, ``/readyz`` speaks for the container: 200 only once every
+worker has loaded the model (each marks itself in ``SERVING_READY_DIR``), so a probe or a client
+that got 200 is never sent to a worker still loading.
+
 Input errors are 4xx with a message (no body, bad JSON, too large); a handler that raises is a 500
 whose body says only that, with a request id; the traceback goes to the log under that id.
 """
@@ -58,6 +62,8 @@ class ServingApp:
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         on_load_error: Callable[[BaseException], None] | None = None,
         load_wait: float = DEFAULT_LOAD_WAIT,
+        workers: int = 1,
+        ready_dir: str = "",
     ) -> None:
         file, _, function = handler.rpartition(":")
         if not file or not function:
@@ -68,6 +74,8 @@ class ServingApp:
         self.max_request_bytes = max_request_bytes
         self.on_load_error = on_load_error
         self.load_wait = load_wait
+        self.workers = max(1, workers)
+        self.ready_dir = Path(ready_dir) if ready_dir else None
         self.state = "loading"  # then "ready" or "failed"
         self._loaded = threading.Event()  # set when the loading ended, either way
         self._function: Callable[[Any], Any] | None = None
@@ -87,6 +95,7 @@ class ServingApp:
         for name, default in (
             ("SERVING_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES),
             ("SERVING_LOAD_WAIT", int(DEFAULT_LOAD_WAIT)),
+            ("SERVING_WORKERS", 1),
         ):
             value = environ.get(name) or str(default)
             if not value.isdigit():
@@ -98,6 +107,8 @@ class ServingApp:
             max_request_bytes=max(1, limits["SERVING_MAX_REQUEST_BYTES"]),
             on_load_error=on_load_error,
             load_wait=limits["SERVING_LOAD_WAIT"],
+            workers=limits["SERVING_WORKERS"],
+            ready_dir=environ.get("SERVING_READY_DIR", ""),
         )
 
     # -- loading -------------------------------------------------------------------------
@@ -138,6 +149,9 @@ class ServingApp:
             return
         self._function = function
         self.state = "ready"
+        if self.ready_dir is not None:
+            self.ready_dir.mkdir(parents=True, exist_ok=True)
+            (self.ready_dir / str(os.getpid())).touch()
         self._loaded.set()
         log.info(
             "worker %d: model %s loaded in %.2f s",
@@ -164,10 +178,18 @@ class ServingApp:
         if path == "/healthz":
             return reply(start_response, 200, {"status": "ok"})
         if path == "/readyz":
-            if self.state == "ready":
+            if self.state == "ready" and self._all_workers_ready():
                 return reply(start_response, 200, {"status": "ready"})
-            return reply(start_response, 503, {"status": self.state}, [("Retry-After", "1")])
+            state = "loading" if self.state == "ready" else self.state  # others still load
+            return reply(start_response, 503, {"status": state}, [("Retry-After", "1")])
         return self._predict(environ, start_response)
+
+    def _all_workers_ready(self) -> bool:
+        """Every live worker of the container has loaded the model (marked by pid)."""
+        if self.ready_dir is None or self.workers <= 1:
+            return True
+        live = [p for p in self.ready_dir.iterdir() if Path("/proc", p.name).exists()]
+        return len(live) >= self.workers
 
     def _predict(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         request_id = environ.get("HTTP_X_REQUEST_ID") or ""
