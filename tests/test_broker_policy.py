@@ -4,6 +4,7 @@ why, and thousands of generated requests of which none is accepted outside the p
 from __future__ import annotations
 
 import base64
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,12 @@ def test_builds_name_their_environment_and_send_text_files_only() -> None:
     for files in ({"../x": "a"}, {"/etc/passwd": "a"}, {".git/config": "a"}, {"a": 1}, {}):
         with pytest.raises(Refused):
             decide_build({"name": "demo", "files": files}, ALICE, POLICY)
+    for name in ("a/../../../tmp/x", "demo/..", "demo\n", "Demo", "a" * 64, "-x", "demo x"):
+        with pytest.raises(Refused, match="name"):
+            decide_build({"name": name, "files": {"requirements.txt": ""}}, ALICE, POLICY)
+    for path in ("requirements.txt\n", "a/b\n"):
+        with pytest.raises(Refused, match="files"):
+            decide_build({"name": "demo", "files": {path: ""}}, ALICE, POLICY)
     with pytest.raises(Refused, match="only hub administrators"):
         decide_build({"name": "d", "files": {"a": ""}, "shared": True}, ALICE, POLICY)
     assert decide_build({"name": "d", "files": {"a": ""}, "shared": True}, ROOT_ADMIN, POLICY)
@@ -399,6 +406,9 @@ HOSTILE: list[Any] = [
     "/var/run/docker.sock",
     "\0",
     "a" * 10000,
+    "/home/jovyan/work\n",
+    "srv-1\n",
+    "jde/u-alice/demo:latest\n",
     [],
     {},
     [None],
@@ -497,6 +507,9 @@ def assert_within_policy(body: Any, who: Identity) -> None:
     assert request.network == POLICY.network(who)
     assert request.image.startswith((POLICY.namespace(who) + "/", POLICY.shared + "/"))
     assert request.working_dir.startswith(POLICY.workspace_path)
+    assert "\n" not in request.working_dir
+    assert "\n" not in request.instance_id
+    assert all("\n" not in k for k in request.labels)
     assert not request.labels.keys() & {L.MANAGED, L.INSTANCE, L.ROLE, L.USER} - {L.HUB_USER}
     assert request.labels[L.HUB_USER] == who.name
     assert all(f.path.startswith(("/run/", "/tmp/")) and f.mode <= 0o777 for f in request.files)
@@ -550,7 +563,8 @@ def build_bodies(draw: st.DrawFn) -> Any:
             options = st.sampled_from(["no_cache", "from_lock", "pull", "x"])
             body[key] = draw(st.dictionaries(options, json_value, max_size=2))
         elif key == "name":
-            body[key] = draw(st.sampled_from(["a.b-c_1", "Demo", "-x", ""]) | json_value)
+            names = ["a.b-c_1", "Demo", "-x", "", "a/../../x", "demo\n", "demo/x", "a" * 70]
+            body[key] = draw(st.sampled_from(names) | json_value)
         else:
             body[key] = draw(json_value)
     return body
@@ -565,7 +579,9 @@ def test_fuzzed_build_requests_are_refused_or_within_policy(body: Any) -> None:
         assert intent.message
         return
     assert intent.namespace == "jde/u-alice"
+    assert re.fullmatch(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*", intent.name)
     for path in intent.files:
+        assert "\n" not in path
         assert not path.startswith("/")
         assert ".." not in path.split("/")
     assert sum(len(d) for d in intent.files.values()) <= POLICY.max_context_bytes

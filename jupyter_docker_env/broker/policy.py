@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from .. import labels as L
 from ..containers import ContainerFile, ContainerRequest
-from ..environments.spec import ENV_KEY_RE, IMAGE_RE, NAME_RE
+from ..environments.spec import ENV_KEY_RE, NAME_MAX, NAME_RE, image_reference
 from ..kernels.resources import human_size, parse_cpus, parse_memory
 from ..models import BuildOptions, EnvSpec, FieldError
 
@@ -162,10 +162,10 @@ class Policy:
         """Raise ConfigError for settings no decision could use (the broker then refuses to
         start, naming the setting)."""
         for ref in (*self.allowed_bases, self.default_base):
-            if not IMAGE_RE.match(ref.rstrip("/")):
+            if not image_reference(ref.rstrip("/")):
                 raise ConfigError(f"{ref!r} (allowed_bases / default_base) is no image reference")
         repo = f"{self.image_prefix}/{self.shared_namespace}/x:y"
-        if not IMAGE_RE.match(repo):
+        if not image_reference(repo):
             raise ConfigError(f"image_prefix / shared_namespace make no image name ({repo})")
         if not posixpath.isabs(self.workspace_path) or _norm(self.workspace_path) in ("/", ""):
             raise ConfigError(f"workspace_path {self.workspace_path!r} must be an absolute folder")
@@ -259,6 +259,11 @@ def parse_user_spec(value: Any, where: str) -> tuple[int, int]:
     return uid, uid
 
 
+def env_name(name: str) -> bool:
+    """An environment's name: one path component of an image name, nothing else."""
+    return NAME_RE.fullmatch(name) is not None and len(name) <= NAME_MAX
+
+
 # -- images ----------------------------------------------------------------------------------
 def repository_of(ref: str) -> str:
     """``host:5000/team/py:3.12@sha256:…`` → ``host:5000/team/py``."""
@@ -271,7 +276,7 @@ def base_allowed(ref: str, allowed: Sequence[str]) -> bool:
     """Whether ``ref`` is on the allow-list. An entry ending in ``/`` allows every image under
     that registry or path; an entry with a tag or digest allows exactly that reference; an entry
     without one allows every tag and digest of that repository."""
-    if not IMAGE_RE.match(ref):
+    if not image_reference(ref):
         return False
     for entry in allowed:
         if entry.endswith("/"):
@@ -395,7 +400,7 @@ def decide_build(body: Any, who: Identity, policy: Policy) -> BuildIntent:
     """A build request: the environment's name, the files of its folder and build options."""
     body = _object(body, BUILD_KEYS, "build")
     name = body.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not env_name(name):
         raise bad("name", "an environment name: lowercase letters, digits, '.', '_', '-'")
     files = _files(body.get("files"), policy.max_context_bytes)
     options_raw = body.get("options", {})
@@ -427,7 +432,7 @@ def _files(value: Any, limit: int) -> dict[str, bytes]:
         if (
             not parts
             or len(parts) > 16
-            or not all(_PART.match(p) or p == ".dockerignore" for p in parts)
+            or not all(_PART.fullmatch(p) or p == ".dockerignore" for p in parts)
         ):
             raise bad("files", f"{path!r} is not a relative path inside the folder")
         if not isinstance(text, str) or "\0" in text:
@@ -628,13 +633,13 @@ def _object(body: Any, keys: Sequence[str], what: str) -> dict[str, Any]:
 
 
 def _string(value: Any, field: str, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise bad(field, f"must be a string of {what}")
     return value
 
 
 def _image(value: Any, who: Identity, policy: Policy) -> str:
-    if not isinstance(value, str) or not IMAGE_RE.match(value) or "@" in value:
+    if not isinstance(value, str) or not image_reference(value) or "@" in value:
         raise bad("image", "must be an environment image reference such as NAMESPACE/ENV:TAG")
     if in_namespace(value, policy.namespace(who)) or in_namespace(value, policy.shared):
         return value
@@ -742,7 +747,7 @@ def _within(path: str, root: str) -> bool:
 
 
 def _abs_path(value: Any, field: str) -> str:
-    if not isinstance(value, str) or not _PATH.match(value):
+    if not isinstance(value, str) or not _PATH.fullmatch(value):
         raise bad(field, "an absolute path of letters, digits and . _ - / + @ = ,")
     return _norm(value)
 
@@ -766,7 +771,7 @@ def _environment(value: Any) -> dict[str, str]:
     if not isinstance(value, dict) or len(value) > 256:
         raise bad("environment", "an object of at most 256 NAME: value pairs")
     for key, val in value.items():
-        if not ENV_KEY_RE.match(key) or len(key) > 256:
+        if not isinstance(key, str) or not ENV_KEY_RE.fullmatch(key) or len(key) > 256:
             raise bad("environment", f"{key!r} is not a variable name")
         if not isinstance(val, str) or "\0" in val or len(val) > 32768:
             raise bad(f"environment.{key}", "a string of at most 32768 characters")
@@ -779,7 +784,7 @@ def _labels(value: Any) -> dict[str, str]:
     for key, val in value.items():
         if key in RESERVED_LABELS:
             raise denied(f"labels: {key} is set by the broker", "labels")
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise bad("labels", f"{key!r} is not a label name (lowercase, digits, . _ / -)")
         if not isinstance(val, str) or "\0" in val or len(val) > 1024:
             raise bad(f"labels.{key}", "a string of at most 1024 characters")

@@ -37,7 +37,7 @@ from ..containers.local import LocalBackend
 from ..engine import Engine
 from ..environments import lock
 from ..environments.images import BuildSettings, ImageBuilder
-from ..environments.spec import IMAGE_RE, NAME_RE, SpecError, load
+from ..environments.spec import SpecError, image_reference, load
 from ..kernels.resources import human_size
 from ..operations import Operation, OperationFailed, OperationManager
 from .identity import HubUsers
@@ -52,6 +52,7 @@ from .policy import (
     container_request,
     decide_build,
     decide_container,
+    env_name,
     in_namespace,
     instance_label,
     repository_of,
@@ -262,9 +263,9 @@ class Broker:
         namespace = namespace or self.policy.namespace(who)
         own = namespace == self.policy.namespace(who)
         anyones = in_namespace(f"{namespace}/{name}:x", self.policy.image_prefix)
-        if not NAME_RE.match(name) or not (own or (self.policy.is_admin(who) and anyones)):
+        if not env_name(name) or not (own or (self.policy.is_admin(who) and anyones)):
             raise missing
-        if not IMAGE_RE.match(f"{namespace}/{name}:x"):
+        if not image_reference(f"{namespace}/{name}:x"):
             raise missing
 
         def remove() -> list[str]:
