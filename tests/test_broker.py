@@ -576,14 +576,15 @@ def test_fuzzed_requests_never_fail_and_never_start_a_container_outside_policy(
 
 # -- the single-user side: the environment service through the broker ------------------------
 def manager(broker: Running, token: str, root: Path, shared: Path) -> BrokerEnvironmentManager:
-    """A single-user server's environment service, as the server builds it."""
+    """A single-user server's environment service, as the server builds it: like a server in a
+    hub's container, it has no Docker socket, so anything that reaches for one fails."""
     root.mkdir(exist_ok=True)
     settings = DockerEnvConfig(shared_env_dirs=[str(shared)])
     client = BrokerClient(url=broker.url, token=token)
     return BrokerEnvironmentManager(
         settings=settings,
         root_dir=root,
-        engine=Engine(),
+        engine=Engine("unix:///nonexistent/docker.sock"),
         kernels_dir=root / ".kernels",
         client=client,
     )

@@ -348,10 +348,10 @@ class BrokerEnvironmentManager(EnvironmentManager):
             registry=None,
         )
 
-    async def check_engine(self) -> None:
-        status = await self.status()
-        if not status.engine.available:
-            raise EngineUnavailable(status.engine.reason or "the launch broker's engine is down")
+    def _require_engine(self) -> None:
+        engine = self.client.request("GET", "status")["engine"]  # BrokerUnavailable: no broker
+        if not engine["available"]:
+            raise EngineUnavailable(engine.get("reason") or "the hub's Docker engine is down")
 
     def kernel_specs(self, extra_config: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """As for a local engine, with kernels started through the broker."""
