@@ -591,6 +591,28 @@ class Engine:
         """Unpack a tar archive into a (created or running) container; owners come from it."""
         self._call(self.client.api.put_archive, container_id, path, data)
 
+    def rename_container(self, container_id: str, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(self.client.api.rename, container_id, name)
+
+    def container_memory(self, container_id: str) -> int | None:
+        """Bytes of memory the container uses now, as `docker stats` counts them (its page
+        cache left out); None when it is gone."""
+        try:
+            try:
+                stats = self._call(self.client.api.stats, container_id, stream=False, one_shot=True)
+            except docker.errors.InvalidVersion:  # engines before API 1.41 sample for ~2 s
+                stats = self._call(self.client.api.stats, container_id, stream=False)
+        except docker.errors.NotFound:
+            return None
+        memory = stats.get("memory_stats") or {}
+        if "usage" not in memory:
+            return None
+        detail = memory.get("stats") or {}
+        # cgroup v1 counts the page cache as "cache", v2 as "inactive_file"
+        cache = detail.get("inactive_file", detail.get("cache", 0))
+        return max(int(memory["usage"]) - int(cache), 0)
+
     def follow_logs(self, container_id: str) -> Iterator[str]:
         """The container's output line by line as it comes, until the container stops."""
         try:

@@ -41,6 +41,7 @@ INSTANCE = label("instance")
 USER = label("user")
 ROLE = label("role")
 NETWORK = label("network")
+POOL = label("pool")  # a warm pool's container: the placement (a hash) it serves
 # what the launch broker runs for hub users
 HUB_USER = label("hub-user")  # the hub user a container, network or build belongs to
 SERVER = label("server")  # the single-user server container that asked for a kernel

@@ -49,6 +49,7 @@ class EnvSpec:
     env: dict[str, str] = field(default_factory=dict)
     requirements: str | None = None  # a file in the folder, installed with pip -r
     environment: str | None = None  # a file in the folder, installed with conda env update
+    warm: int | None = None  # kernels kept started ahead of time; None: the server's default
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -60,7 +61,8 @@ class EnvSpec:
         """The docker-env.toml content for this spec (defaults left out)."""
         data = self.to_json()
         data.pop("kind")
-        return {k: v for k, v in data.items() if v not in (None, [], {}, False)}
+        # `is`, not `in`: warm = 0 is a setting, not a default
+        return {k: v for k, v in data.items() if not (v is None or v is False or v in ([], {}))}
 
     def pinned(self, pip: tuple[str, ...], apt: tuple[str, ...], base: str | None) -> EnvSpec:
         """This spec with exact versions in place of its ranges (``--from-lock``)."""
@@ -378,6 +380,21 @@ class GpuStatus:
 
 
 @dataclass(frozen=True)
+class WarmPool:
+    """Kernels of an environment started ahead of time (schema ``WarmPool``)."""
+
+    env: str  # the environment's name
+    image: str
+    size: int  # how many it keeps ready
+    ready: int
+    starting: int
+    claims: int  # kernel starts it served
+    idle_memory: int  # bytes its waiting kernels use, measured when each became ready
+    idle_seconds: float  # since its last kernel start (or since it formed)
+    error: str | None = None  # why it cannot fill, when it cannot
+
+
+@dataclass(frozen=True)
 class Status:
     version: str
     engine: EngineStatus
@@ -385,12 +402,14 @@ class Status:
     allowed_bases: tuple[str, ...]
     default_base: str
     registry: str | None
+    pools: tuple[WarmPool, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         del data["engine"]["runtimes"]  # the GPU part says what matters of them
         data["gpu"]["runtimes"] = list(self.gpu.runtimes)
         data["allowed_bases"] = list(self.allowed_bases)
+        data["pools"] = [asdict(pool) for pool in self.pools]
         return data
 
 

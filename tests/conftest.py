@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -253,3 +255,95 @@ def jde_open_registry(jde_engine: Engine) -> Iterator[str]:
 def jde_auth_registry(jde_engine: Engine) -> Iterator[str]:
     """A registry with basic auth (JDE_REGISTRY_USER / JDE_REGISTRY_PASSWORD), as a setting."""
     yield from _serve_registry(jde_engine, htpasswd=True)
+
+
+# -- an engine that can go away (appended for the kernel tests) ---------------------------------
+class EngineProxy:
+    """A Docker socket that forwards to the real engine until :meth:`stop`: what the server sees
+    of an engine that goes down, without stopping the engine other tests share."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        import threading
+
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        assert host.startswith("unix://"), "the engine proxy forwards to a local socket"
+        self.target = host.removeprefix("unix://")
+        self.path = path
+        self.url = f"unix://{path}"
+        self._socket = socket.socket(socket.AF_UNIX)
+        self._socket.bind(str(path))
+        self._socket.listen(16)
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._socket.accept()
+            except OSError:
+                return  # stopped
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect(self.target)
+            with self._lock:
+                self._open += [client, engine]
+            for src, dst in ((client, engine), (engine, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: Any, dst: Any) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(2)
+
+    def stop(self) -> None:
+        """The engine stops answering: no new connections, open ones are cut."""
+        with contextlib.suppress(OSError):
+            self._socket.close()
+        self.path.unlink(missing_ok=True)
+        with self._lock:
+            for s in self._open:
+                with contextlib.suppress(OSError):
+                    s.close()
+            self._open.clear()
+
+
+@pytest.fixture
+def jde_engine_proxy() -> Iterator[EngineProxy]:
+    """A proxy of the engine's socket, in a folder of its own (never in a kernel's workspace)."""
+    folder = Path(tempfile.mkdtemp(prefix="jde-test-engine-"))
+    proxy = EngineProxy(folder / "docker.sock")
+    yield proxy
+    proxy.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def jde_kernel_spec_json(image: str, env_name: str, /, **config: Any) -> dict[str, Any]:
+    """A kernel.json as the server extension writes it (empty argv), test-labelled; ``config``
+    adds to (or replaces) its provisioner config."""
+    return {
+        "argv": [],
+        "display_name": f"{env_name} (test env)",
+        "language": "python",
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": "docker-env-provisioner",
+                "config": {
+                    "image": image,
+                    "env_name": env_name,
+                    "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
+                    **config,
+                },
+            }
+        },
+    }

@@ -253,7 +253,10 @@ c.DockerSpawner.prefix = {PREFIX!r}
 c.DockerSpawner.volumes = {{"{PREFIX}-user-{{username}}": {WORK!r}}}
 c.DockerSpawner.notebook_dir = {WORK!r}
 c.DockerSpawner.environment = {{"JUPYTER_DOCKER_ENV_BROKER_URL": {broker_url!r}}}
-c.DockerSpawner.args = ["--DockerEnvApp.environment_manager_class={MANAGER}"]
+c.DockerSpawner.args = [
+    "--DockerEnvApp.environment_manager_class={MANAGER}",
+    "--DockerEnvProvisioner.backend=broker",
+]
 c.DockerSpawner.extra_create_kwargs = {{"labels": {{{JDE_TEST_LABEL!r}: {JDE_SESSION!r}}}}}
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 90

@@ -1,12 +1,16 @@
 """Kernels in containers: DockerEnvProvisioner against the real Docker engine.
 
 Every kernel here comes from a kernel spec with an empty argv, as the server extension writes
-them, and carries the test label plus one instance id per module, swept at the end.
+them, and carries the test label plus one instance id per module, swept at the end. Tests that
+take ``jde_kernel`` run twice: with a cold start, and with a warm one (a container a warm pool
+started ahead of time claimed by the kernel): both must behave the same.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import json
 import os
 import signal
@@ -16,6 +20,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +29,11 @@ import psutil
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from nbclient import NotebookClient
 
+from jupyter_docker_env.containers import WarmPools
+from jupyter_docker_env.containers.pool import CLAIM_PIPE
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.kernels.provisioner import (
     CONNECTION_FILE,
@@ -37,7 +45,7 @@ from jupyter_docker_env.kernels.resources import parse_gpus, parse_memory
 from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
 from jupyter_docker_env.labels import label
 
-from .conftest import JDE_SESSION, JDE_TEST_LABEL
+from .conftest import JDE_PREFIX, EngineProxy, jde_build_image, jde_kernel_spec_json
 
 INSTANCE = f"test-{uuid.uuid4().hex[:12]}"
 SECRET = "JDE_TEST_SERVER_SECRET"
@@ -74,24 +82,11 @@ def jde_kernel_spec(
 
     def make(**config: Any) -> tuple[KernelSpecManager, str]:
         name = f"jde-test-{uuid.uuid4().hex[:6]}"
-        spec = {
-            "argv": [],
-            "display_name": "Python (test env)",
-            "language": "python",
-            "metadata": {
-                "kernel_provisioner": {
-                    "provisioner_name": "docker-env-provisioner",
-                    "config": {
-                        "image": jde_kernel_image,
-                        "env_name": "test-env",
-                        "workspace": str(jde_workspace),
-                        "instance_id": jde_instance,
-                        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
-                        **config,
-                    },
-                }
-            },
-        }
+        spec = jde_kernel_spec_json(
+            jde_kernel_image,
+            "test-env",
+            **{"workspace": str(jde_workspace), "instance_id": jde_instance, **config},
+        )
         (tmp_path / "kernels" / name).mkdir(parents=True)
         (tmp_path / "kernels" / name / "kernel.json").write_text(json.dumps(spec))
         return KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")]), name
@@ -99,30 +94,77 @@ def jde_kernel_spec(
     return make
 
 
+async def warm_pool_for(ksm: KernelSpecManager, name: str, env: dict[str, str] | None) -> WarmPools:
+    """Enable warm pools for the spec's instance (as a server does) and wait until the pool of
+    the placement a kernel started with ``env`` gets holds a ready container."""
+    spec = ksm.get_kernel_spec(name)
+    config = spec.metadata["kernel_provisioner"]["config"]
+    settings = DockerEnvProvisioner(kernel_spec=spec, kernel_id="warm", **config)
+    pools = settings.containers
+    assert isinstance(pools, WarmPools)
+    pools.enable_pools(config["instance_id"], settings.pool_settings())
+    request = settings.warm_request(dict(os.environ if env is None else env))
+    assert request is not None, "this kernel spec starts cold"
+    await pools.prewarm(request)
+    deadline = time.monotonic() + 120
+    while not any(p.ready for p in pools.pool_states(config["instance_id"])):
+        states = pools.pool_states(config["instance_id"])
+        assert not any(p.error for p in states), states
+        assert time.monotonic() < deadline, f"no warm kernel after 120 s: {states}"
+        await asyncio.sleep(0.05)
+    return pools
+
+
 @pytest.fixture
-def jde_kernel(
+def jde_kernels(
     jde_kernel_spec: KernelSpecFactory,
     jde_workspace: Path,
     jp_asyncio_loop: asyncio.AbstractEventLoop,
 ) -> Iterator[Callable[..., Any]]:
-    """Start kernels (config overrides as keyword args); all are shut down afterwards."""
+    """``start(kind, env=None, **config)``: a kernel started cold or warm (config overrides as
+    keyword args). All are shut down, and this module's warm pools removed, afterwards."""
     managers: list[AsyncKernelManager] = []
 
-    async def start(env: dict[str, str] | None = None, **config: Any) -> AsyncKernelManager:
+    async def start(
+        kind: str, env: dict[str, str] | None = None, **config: Any
+    ) -> AsyncKernelManager:
         ksm, name = jde_kernel_spec(**config)
+        if kind == "warm":
+            await warm_pool_for(ksm, name, env)
         km = AsyncKernelManager(kernel_name=name, kernel_spec_manager=ksm)
         managers.append(km)
         await km.start_kernel(cwd=str(jde_workspace / "analysis"), env=env)
+        assert provisioner(km).warm_started is (kind == "warm")
         return km
 
     yield start
 
     async def shutdown() -> None:
+        # every back end a kernel used (a spec may set its own connect_mode) and the default
+        backends = {id(b): b for b in [DockerEnvProvisioner(instance_id=INSTANCE).containers]}
         for km in managers:
+            backends[id(provisioner(km).containers)] = provisioner(km).containers
             if km.has_kernel:
                 await km.shutdown_kernel(now=True)
+        for backend in backends.values():
+            assert isinstance(backend, WarmPools)
+            await backend.close_pools(INSTANCE)
 
     jp_asyncio_loop.run_until_complete(shutdown())
+
+
+@pytest.fixture(params=["cold", "warm"])
+def jde_kernel(
+    request: pytest.FixtureRequest, jde_kernels: Callable[..., Any]
+) -> Callable[..., Any]:
+    """Start kernels (``env``, config overrides), cold in one run of the test, warm in the other."""
+    return functools.partial(jde_kernels, request.param)
+
+
+@pytest.fixture
+def jde_cold_kernel(jde_kernels: Callable[..., Any]) -> Callable[..., Any]:
+    """Start kernels that no warm pool serves (GPU requests) cold."""
+    return functools.partial(jde_kernels, "cold")
 
 
 def provisioner(km: AsyncKernelManager) -> DockerEnvProvisioner:
@@ -130,8 +172,13 @@ def provisioner(km: AsyncKernelManager) -> DockerEnvProvisioner:
     return km.provisioner
 
 
-def kernel_containers(engine: Engine, kernel_id: str) -> list[dict[str, Any]]:
-    return engine.containers({label("kernel-id"): kernel_id})
+def kernel_containers(engine: Engine, km: AsyncKernelManager) -> list[dict[str, Any]]:
+    """The kernel's container, found as its server would: by kernel id (a cold start) or by
+    the container its provisioner holds (a warm container keeps its pool's labels)."""
+    cold = engine.containers({label("kernel-id"): str(km.kernel_id)})
+    held = provisioner(km).container_id
+    warm = [{"Id": held}] if held and engine.inspect_container(held) else []
+    return cold or warm
 
 
 async def run_code(km: AsyncKernelManager, code: str, seconds: float = 30) -> tuple[dict, str]:
@@ -215,18 +262,21 @@ def test_a_kernel_never_runs_as_root_unless_an_admin_allows_it(jde_tmp: Path) ->
 
 # -- against the engine --------------------------------------------------------------------
 @pytest.mark.docker
+@pytest.mark.parametrize("start", ["cold", "warm"])
 async def test_a_notebook_uses_workspace_files_by_relative_path_and_owns_what_it_writes(
+    start: str,
     jde_kernel_spec: KernelSpecFactory,
     jde_workspace: Path,
     jde_engine: Engine,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a notebook in the workspace's analysis folder, a data file beside it, and a server
-    # whose environment holds a secret
+    # whose environment holds a secret (and, for a warm start, a kernel waiting in a pool)
     monkeypatch.setenv(SECRET, "must-not-leak")
     instance = f"test-nb-{uuid.uuid4().hex[:8]}"
     ksm, name = jde_kernel_spec(instance_id=instance)
     monkeypatch.setenv("JUPYTER_PATH", str(Path(ksm.kernel_dirs[0]).parent))
+    pools = await warm_pool_for(ksm, name, None) if start == "warm" else None
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("print(open('data.txt').read().strip())"),
@@ -240,11 +290,18 @@ async def test_a_notebook_uses_workspace_files_by_relative_path_and_owns_what_it
     ]
 
     # When nbclient executes it on the containerized kernel, as `jupyter execute` would
+    used: set[tuple[str, bool]] = set()
+
+    def note_container(**_: Any) -> None:
+        prov = provisioner(client.km)
+        used.add((str(prov.container_id), prov.warm_started))
+
     client = NotebookClient(
         nb,
         kernel_name=name,
         timeout=60,
         resources={"metadata": {"path": str(jde_workspace / "analysis")}},
+        on_cell_executed=note_container,
     )
     await client.async_execute()
 
@@ -260,8 +317,13 @@ async def test_a_notebook_uses_workspace_files_by_relative_path_and_owns_what_it
     result = jde_workspace / "analysis" / "result.txt"
     assert result.read_text() == "written by the kernel"
     assert (result.stat().st_uid, result.stat().st_gid) == (owner.st_uid, owner.st_gid)
-    # And once nbclient is done, no kernel container is left
+    # And it started as asked, and once nbclient is done its container is gone
+    ((container_id, warm),) = used
+    assert warm is (start == "warm")
+    assert jde_engine.inspect_container(container_id) is None
     assert jde_engine.containers({label("instance"): instance, label("kernel-id"): None}) == []
+    if pools is not None:
+        await pools.close_pools(instance)
     await sweep_orphans(jde_engine, instance)
 
 
@@ -277,28 +339,40 @@ async def test_the_container_is_labelled_limited_and_keeps_the_key_private(
     attrs = jde_engine.inspect_container(str(prov.container_id))
     assert attrs is not None
 
-    # Then it carries the labels that let the server own and sweep it
+    # Then it carries the labels that let the server own and sweep it (a warm container keeps
+    # its pool's: Docker labels cannot change once it exists)
     labels = attrs["Config"]["Labels"]
-    assert labels[label("kernel-id")] == km.kernel_id
+    if prov.warm_started:
+        assert label("kernel-id") not in labels
+        assert labels[label("role")] == "pool"
+    else:
+        assert labels[label("kernel-id")] == km.kernel_id
     assert labels[label("env")] == "test-env"
     assert labels[label("instance")] == INSTANCE
     assert labels[label("user")]
     assert labels[LABEL_MANAGED] == "true"
-    # And the limits, the workspace mount and the working directory
+    # And the limits and the workspace mount
     host = attrs["HostConfig"]
     assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (1_500_000_000, 1024**3, 1024)
     assert host["Binds"][0] == f"{jde_workspace}:{jde_workspace}:rw"
-    assert attrs["Config"]["WorkingDir"] == str(jde_workspace / "analysis")
-    # And the server's key is nowhere in what `docker inspect` shows
+    assert host["CapDrop"] == ["ALL"]
+    # And the server's key is nowhere in what `docker inspect` shows, nor in the environment
     assert km.session.key.decode() not in json.dumps(attrs)
-    # And inside, the connection file is the kernel user's alone
+    # And inside, the connection file is the kernel user's alone, the kernel works in the
+    # notebook's folder, and its environment holds only what the allow-list lets in
     content, out = await run_code(
         km,
         f"import os; s = os.stat({CONNECTION_FILE!r}); "
-        "print(oct(s.st_mode & 0o777), s.st_uid == os.getuid())",
+        "print(oct(s.st_mode & 0o777), s.st_uid == os.getuid(), os.getcwd()); "
+        "print(sorted(k for k in os.environ if k in ('LANG', 'KERNEL_MEMORY', 'HOME'))); "
+        f"print(any({km.session.key.decode()!r} in v for v in os.environ.values()))",
     )
     assert content["status"] == "ok"
-    assert out.split() == ["0o400", "True"]
+    assert out.splitlines() == [
+        f"0o400 True {jde_workspace / 'analysis'}",
+        "['HOME', 'LANG']",
+        "False",
+    ]
 
 
 @pytest.mark.docker
@@ -324,14 +398,17 @@ async def test_interrupt_restart_and_shutdown_behave_as_for_a_local_kernel(
 
     # When it restarts, it runs in a fresh container and the state is gone
     await km.restart_kernel()
-    assert provisioner(km).container_id not in (None, first)
-    assert kernel_containers(jde_engine, str(km.kernel_id))[0]["Id"] != first
+    second = provisioner(km).container_id
+    assert second not in (None, first)
+    assert jde_engine.inspect_container(str(first)) is None
+    assert kernel_containers(jde_engine, km)[0]["Id"] == second
     content, _ = await run_code(km, "print(x)")
     assert content["ename"] == "NameError"
 
     # When it shuts down, no container remains
     await km.shutdown_kernel()
-    assert kernel_containers(jde_engine, str(km.kernel_id)) == []
+    assert jde_engine.inspect_container(str(second)) is None
+    assert kernel_containers(jde_engine, km) == []
 
 
 @pytest.mark.docker
@@ -340,8 +417,9 @@ async def test_a_forced_kill_and_a_kernel_that_dies_leave_no_container(
 ) -> None:
     # Given two kernels: one is killed by its manager, the other kills itself
     killed, dying = await jde_kernel(), await jde_kernel()
+    killed_container = provisioner(killed).container_id
     await killed.shutdown_kernel(now=True)
-    assert kernel_containers(jde_engine, str(killed.kernel_id)) == []
+    assert jde_engine.inspect_container(str(killed_container)) is None
 
     kc = dying.client()
     kc.start_channels()
@@ -354,8 +432,9 @@ async def test_a_forced_kill_and_a_kernel_that_dies_leave_no_container(
     assert code == 128 + signal.SIGKILL
     assert not await dying.is_alive()
     # And after the shutdown nothing remains
+    dying_container = provisioner(dying).container_id
     await dying.shutdown_kernel(now=True)
-    assert kernel_containers(jde_engine, str(dying.kernel_id)) == []
+    assert jde_engine.inspect_container(str(dying_container)) is None
 
 
 @pytest.mark.docker
@@ -384,12 +463,12 @@ async def test_a_kernel_past_its_memory_limit_is_reported_as_oom_killed(
 
 @pytest.mark.docker
 async def test_a_gpu_request_on_an_engine_without_gpus_fails_with_a_clear_error(
-    jde_kernel: Callable[..., Any], jde_engine: Engine, jde_instance: str
+    jde_cold_kernel: Callable[..., Any], jde_engine: Engine, jde_instance: str
 ) -> None:
     before = {c["Id"] for c in jde_engine.containers({label("instance"): jde_instance})}
     # Given this engine, which has no NVIDIA runtime; when a kernel asks for all GPUs
     with pytest.raises(RuntimeError) as err:
-        await jde_kernel(env={"KERNEL_GPUS": "all"})
+        await jde_cold_kernel(env={"KERNEL_GPUS": "all"})
     # Then the error names the problem and what to do, and no container is left behind
     message = str(err.value)
     assert "GPU requested" in message
@@ -409,12 +488,16 @@ def _listening(ports: set[int]) -> dict[int, set[str]]:
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("mode", ["container-ip", "published"])
+@pytest.mark.parametrize(
+    ("mode", "start"), [("container-ip", "cold"), ("container-ip", "warm"), ("published", "cold")]
+)
 async def test_kernel_ports_are_never_bound_on_other_host_interfaces(
-    jde_kernel: Callable[..., Any], mode: str
+    jde_kernels: Callable[..., Any], mode: str, start: str
 ) -> None:
-    # Given a kernel reached at its container's address, or through published ports
-    km = await jde_kernel(connect_mode=mode)
+    # Given a kernel reached at its container's address (cold or warm: a pool's container binds
+    # its ports only once claimed), or through published ports (never pooled: they are fixed
+    # when a container is created)
+    km = await jde_kernels(start, connect_mode=mode)
     assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
 
     # When we list what listens on this host's interfaces
@@ -430,41 +513,61 @@ async def test_kernel_ports_are_never_bound_on_other_host_interfaces(
 
 
 @pytest.mark.docker
-def test_a_crashed_server_leaves_containers_that_its_restart_sweeps(
+def test_a_crashed_server_leaves_containers_and_files_that_its_restart_sweeps(
     jde_kernel_spec: KernelSpecFactory, jde_engine: Engine, tmp_path: Path
 ) -> None:
-    # Given a server process that starts a kernel and then dies without any cleanup
+    # Given a server process with a warm pool that starts a kernel (it takes the waiting one,
+    # and the pool refills) and then dies without any cleanup
     instance = f"test-crash-{uuid.uuid4().hex[:8]}"
     ksm, name = jde_kernel_spec(instance_id=instance)
     script = textwrap.dedent(
         f"""
-        import asyncio, os, signal
+        import asyncio, json, os, signal
         from jupyter_client.kernelspec import KernelSpecManager
         from jupyter_client.manager import AsyncKernelManager
+        from tests.test_provisioner import warm_pool_for
 
         async def main():
             ksm = KernelSpecManager(kernel_dirs={ksm.kernel_dirs!r})
+            pools = await warm_pool_for(ksm, {name!r}, None)
             km = AsyncKernelManager(kernel_name={name!r}, kernel_spec_manager=ksm)
             await km.start_kernel()
-            print(km.provisioner.container_id, flush=True)
+            assert km.provisioner.warm_started
+            while not any(p.ready for p in pools.pool_states({instance!r})):
+                await asyncio.sleep(0.05)
+            print(json.dumps([km.provisioner.container_id, km.connection_file]), flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
         asyncio.run(main())
         """
     )
     crashed = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        cwd=Path(__file__).parent.parent,
     )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    kernel_container, connection_file = json.loads(crashed.stdout)
     left = jde_engine.containers({label("instance"): instance})
-    assert crashed.stdout.strip() in {c["Id"] for c in left}
+    roles = sorted(c["Labels"][label("role")] for c in left)
+    assert roles == ["pool", "pool", "sandbox"]  # the claimed kernel, the refill, the sandbox
+    assert kernel_container in {c["Id"] for c in left}
+    files = Path(jupyter_runtime_dir()) / "docker-env-files" / instance
+    assert files.is_dir()
+    assert Path(connection_file).is_file()
 
     # When the server starts again and sweeps its instance
     removed = asyncio.run(sweep_orphans(jde_engine, instance))
 
-    # Then the kernel and its network sandbox are gone
+    # Then the kernel, the pool and the network sandbox are gone, with the files kept for them
+    # and the connection file jupyter_client wrote for the kernel
     assert set(removed) == {c["Id"] for c in left}
     assert jde_engine.containers({label("instance"): instance}) == []
+    assert not files.exists()
+    assert not Path(connection_file).exists()
 
 
 @pytest.mark.docker
@@ -482,25 +585,8 @@ async def test_in_jupyter_server_the_kernel_mounts_root_dir_and_starts_in_the_no
             os.chown(path, 1000, 1000)
     spec_dir = jp_data_dir / "kernels" / "docker-env-test"
     spec_dir.mkdir(parents=True)
-    config = {
-        "image": jde_kernel_image,
-        "env_name": "demo",
-        "extra_labels": {JDE_TEST_LABEL: JDE_SESSION},
-    }
     spec_dir.joinpath("kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [],
-                "display_name": "demo",
-                "language": "python",
-                "metadata": {
-                    "kernel_provisioner": {
-                        "provisioner_name": "docker-env-provisioner",
-                        "config": config,
-                    }
-                },
-            }
-        )
+        json.dumps(jde_kernel_spec_json(jde_kernel_image, "demo"))
     )
     mkm = jp_serverapp.kernel_manager
     instance = instance_id_for(jp_serverapp.root_dir, jp_serverapp.port)
@@ -516,7 +602,7 @@ async def test_in_jupyter_server_the_kernel_mounts_root_dir_and_starts_in_the_no
         _, out = await run_code(km, "import os; print(os.getcwd())")
         # Then the kernel starts in the notebook's folder of the mounted root dir
         assert out.strip() == str(jp_root_dir / "project")
-        (container,) = kernel_containers(jde_engine, kernel_id)
+        (container,) = jde_engine.containers({label("kernel-id"): kernel_id})
         attrs = jde_engine.inspect_container(container["Id"])
         assert attrs is not None
         # And the per-kernel CPU request and the server's instance id are on its container
@@ -525,4 +611,228 @@ async def test_in_jupyter_server_the_kernel_mounts_root_dir_and_starts_in_the_no
     finally:
         await mkm.shutdown_kernel(kernel_id, now=True)
         await sweep_orphans(jde_engine, instance)
-    assert kernel_containers(jde_engine, kernel_id) == []
+    assert jde_engine.containers({label("kernel-id"): kernel_id}) == []
+
+
+# -- warm pools ----------------------------------------------------------------------------
+def pool_containers(engine: Engine, instance: str) -> list[dict[str, Any]]:
+    return engine.containers({label("instance"): instance, label("pool"): None})
+
+
+async def until(check: Callable[[], Any], seconds: float, what: str) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        await asyncio.sleep(0.05)
+    return result
+
+
+@pytest.fixture
+def jde_pools(
+    jde_instance: str, jp_asyncio_loop: asyncio.AbstractEventLoop
+) -> Iterator[Callable[..., WarmPools]]:
+    """``pools(**settings)``: the back end, with warm pools enabled for this module's instance
+    as a server enables them (settings override c.DockerEnvProvisioner's); removed after."""
+    configured = DockerEnvProvisioner(instance_id=jde_instance)
+    backend = configured.containers
+    assert isinstance(backend, WarmPools)
+
+    def pools(**settings: Any) -> WarmPools:
+        backend.enable_pools(jde_instance, replace(configured.pool_settings(), **settings))
+        return backend
+
+    yield pools
+    jp_asyncio_loop.run_until_complete(backend.close_pools(jde_instance))
+
+
+@pytest.mark.docker
+async def test_a_claimed_container_serves_one_kernel_and_is_never_handed_out_again(
+    jde_kernels: Callable[..., Any],
+    jde_pools: Callable[..., WarmPools],
+    jde_engine: Engine,
+    jde_instance: str,
+) -> None:
+    # Given a kernel that took a waiting container of a pool of two
+    km = await jde_kernels("warm", warm_pool_size=2)
+    claimed = str(provisioner(km).container_id)
+    attrs = jde_engine.inspect_container(claimed)
+    assert attrs is not None
+
+    # Then nothing reads its claim pipe any more: a second claim cannot reach that container
+    folder = next(
+        m["Source"] for m in attrs["Mounts"] if m["Destination"] == "/run/jupyter-docker-env"
+    )
+    with pytest.raises(OSError, match="No such device or address") as refused:
+        os.open(Path(folder) / CLAIM_PIPE, os.O_WRONLY | os.O_NONBLOCK)
+    assert refused.value.errno == errno.ENXIO
+    # And the pool refills to two with other containers, and the next kernel takes one of those
+    pools = jde_pools()
+    await until(lambda: pools.pool_states(jde_instance)[0].ready == 2, 120, "a refill")
+    waiting = {c["Id"] for c in pool_containers(jde_engine, jde_instance)} - {claimed}
+    assert len(waiting) == 2
+    other = await jde_kernels("warm", warm_pool_size=2)
+    assert provisioner(other).container_id in waiting
+    # And the claimed container goes with its kernel
+    await km.shutdown_kernel(now=True)
+    assert jde_engine.inspect_container(claimed) is None
+
+
+@pytest.mark.docker
+async def test_a_restart_takes_a_warm_kernel_when_one_waits(
+    jde_kernels: Callable[..., Any], jde_pools: Callable[..., WarmPools], jde_instance: str
+) -> None:
+    # Given a warm-started kernel whose pool has refilled
+    km = await jde_kernels("warm")
+    first = provisioner(km).container_id
+    pools = jde_pools()
+    await until(lambda: pools.pool_states(jde_instance)[0].ready, 120, "a refill")
+    # When it restarts, it takes the waiting kernel, and works
+    await km.restart_kernel()
+    assert provisioner(km).warm_started
+    assert provisioner(km).container_id != first
+    assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
+
+
+@pytest.mark.docker
+async def test_a_pool_forms_on_first_use_and_empties_when_idle(
+    jde_kernels: Callable[..., Any],
+    jde_pools: Callable[..., WarmPools],
+    jde_engine: Engine,
+    jde_instance: str,
+) -> None:
+    # Given warm pools that empty after 3 idle seconds
+    pools = jde_pools(idle_timeout=3.0)
+    # When an environment's first kernel starts (cold: no pool yet)
+    await jde_kernels("cold")
+    # Then a pool of its placement forms, and empties once nothing started for a while
+    assert len(pools.pool_states(jde_instance)) == 1
+    await until(lambda: not pools.pool_states(jde_instance), 60, "the idle pool emptied")
+    await until(lambda: not pool_containers(jde_engine, jde_instance), 30, "no pool container")
+
+
+@pytest.mark.docker
+async def test_the_idle_memory_budget_caps_all_pools(
+    jde_kernel_spec: KernelSpecFactory,
+    jde_pools: Callable[..., WarmPools],
+    jde_engine: Engine,
+    jde_instance: str,
+) -> None:
+    # Given a budget smaller than one waiting kernel
+    pools = jde_pools(memory_budget=1024**2)
+    ksm, name = jde_kernel_spec(warm_pool_size=2)
+    spec = ksm.get_kernel_spec(name)
+    configured = DockerEnvProvisioner(
+        kernel_spec=spec, kernel_id="w", **spec.metadata["kernel_provisioner"]["config"]
+    )
+    # When an environment asks for a pool
+    request = configured.warm_request({})
+    assert request is not None
+    await pools.prewarm(request)
+    # Then it stays empty and says why
+    await until(lambda: pools.pool_states(jde_instance)[0].error, 30, "the pool's error")
+    (state,) = pools.pool_states(jde_instance)
+    assert (state.ready, state.starting) == (0, 0)
+    assert state.error is not None
+    assert "idle memory budget of all warm pools (1 MiB" in state.error
+    assert pool_containers(jde_engine, jde_instance) == []
+
+
+@pytest.mark.docker
+async def test_gpu_requests_get_no_pool_unless_allowed(
+    jde_kernel_spec: KernelSpecFactory,
+    jde_pools: Callable[..., WarmPools],
+    jde_engine: Engine,
+    jde_instance: str,
+) -> None:
+    ksm, name = jde_kernel_spec()
+    spec = ksm.get_kernel_spec(name)
+    configured = DockerEnvProvisioner(
+        kernel_spec=spec, kernel_id="w", **spec.metadata["kernel_provisioner"]["config"]
+    )
+    request = configured.warm_request({"KERNEL_GPUS": "all"})
+    assert request is not None
+    # Given the default: no warm kernels for GPU requests (they would hold the GPU idle)
+    pools = jde_pools()
+    await pools.prewarm(request)
+    assert pools.pool_states(jde_instance) == []
+    # When an administrator allows them, this engine's missing GPU runtime shows in the pool
+    pools = jde_pools(gpus=True)
+    await pools.prewarm(request)
+
+    def gave_up() -> bool:
+        (state,) = pools.pool_states(jde_instance)
+        return bool(state.error) and not state.starting  # (it tries a few times first)
+
+    await until(gave_up, 60, "the pool giving up")
+    (state,) = pools.pool_states(jde_instance)
+    assert state.error is not None
+    assert "could not select device driver" in state.error
+    assert pool_containers(jde_engine, jde_instance) == []
+
+
+@pytest.mark.docker
+async def test_a_rebuilt_image_is_never_served_from_a_stale_pool(
+    jde_kernels: Callable[..., Any],
+    jde_pools: Callable[..., WarmPools],
+    jde_kernel_image: str,
+    jde_engine: Engine,
+    jde_instance: str,
+) -> None:
+    # Given a pool of an environment whose image tag then moves to a rebuilt image
+    tag = f"{JDE_PREFIX}/warm-rebuilt:latest"
+    original = jde_engine.inspect_image(jde_kernel_image)["Id"]  # type: ignore[index]
+    jde_engine.tag(original, *tag.rsplit(":", 1))
+    try:
+        first = await jde_kernels("warm", image=tag)  # forms the pool; it refills
+        pools = jde_pools()
+        await until(lambda: pools.pool_states(jde_instance)[0].ready, 120, "a refill")
+        rebuilt = jde_build_image(jde_engine, f"FROM {original}\nLABEL rebuilt=1", tag, {})
+        rebuilt_id = jde_engine.inspect_image(rebuilt)["Id"]  # type: ignore[index]
+
+        def waiting_images() -> set[str]:
+            held = str(provisioner(first).container_id)  # a claimed container keeps its labels
+            found = pool_containers(jde_engine, jde_instance)
+            return {c["ImageID"] for c in found if c["Id"] != held}
+
+        # When a kernel of it starts, it runs the rebuilt image, started cold
+        km = await jde_kernels("cold", image=tag)
+        attrs = jde_engine.inspect_container(str(provisioner(km).container_id))
+        assert attrs is not None
+        assert attrs["Image"] == rebuilt_id
+        # And the pool refills with the rebuilt image only
+        await until(lambda: waiting_images() == {rebuilt_id}, 120, "a refill of the rebuilt")
+
+        # When the tag moves again and the server refreshes its pools (as after a build)
+        await km.shutdown_kernel(now=True)
+        jde_engine.tag(original, *tag.rsplit(":", 1))
+        await pools.refresh_pools(jde_instance)
+        # Then the stale pool is emptied and refilled from the new image, and the previous
+        # image, which nothing names or runs any more, is removed
+        assert jde_engine.inspect_image(rebuilt_id) is None
+        await until(lambda: waiting_images() == {original}, 120, "a refill of the original")
+    finally:
+        jde_engine.remove_image(tag, force=True)  # the tag; the image keeps its own
+
+
+@pytest.mark.docker
+async def test_a_kernel_lives_on_while_the_engine_does_not_answer_and_dies_with_it(
+    jde_kernels: Callable[..., Any], jde_engine: Engine, jde_engine_proxy: EngineProxy
+) -> None:
+    # Given a kernel whose server reaches the engine through a socket that can go away
+    km = await jde_kernels("cold", docker_host=jde_engine_proxy.url)
+    prov = provisioner(km)
+    container = str(prov.container_id)
+
+    # When the engine stops answering, the kernel, which still answers, is alive and works
+    jde_engine_proxy.stop()
+    assert await prov.poll() is None
+    assert (await run_code(km, "print(1 + 1)"))[1] == "2\n"
+
+    # When its container goes too, the kernel is reported dead with the engine, and why
+    jde_engine.remove_container(container)
+    assert await exit_code(km, within=10) == -1
+    assert prov.engine_lost
+    assert prov.exit_reason is not None
+    assert "stopped with the Docker engine" in prov.exit_reason
+    # And its shutdown does not fail for want of an engine
+    await km.shutdown_kernel(now=True)

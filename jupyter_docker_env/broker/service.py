@@ -12,8 +12,8 @@
   single-user server instance, and the user's running server containers (as the hub reports
   them) join that network, so a server reaches its kernels while another user's kernels, on
   another bridge, cannot.
-- A **reaper** removes kernels whose single-user server container is gone, and sandboxes left
-  without kernels.
+- A **reaper** removes kernels whose single-user server container is gone, sandboxes left
+  without kernels, and untagged images of earlier builds that nothing uses any more.
 """
 
 from __future__ import annotations
@@ -603,4 +603,7 @@ class Broker:
                     else:
                         empty.add(sandbox["Id"])
         self._empty = empty
+        # earlier builds that kernels still used when a rebuild or a delete took their tags
+        everyone = replace(self.build_settings, image_prefix=self.policy.image_prefix)
+        await self.engine.run(ImageBuilder(self.engine, everyone).sweep_untagged)
         return removed

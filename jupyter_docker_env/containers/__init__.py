@@ -6,6 +6,23 @@ workspace, the environment, limits, the files the container needs — and descri
 (:mod:`.local`), and later a Swarm cluster or a broker that holds the Docker socket for many
 users. Every back end applies the same hardening (:func:`hardening`), so a new kind of
 container cannot skip it.
+
+Writing a back end. Implement :class:`ContainerBackend` (register it in :data:`BACKENDS`, or name
+its class in ``c.DockerEnvProvisioner.backend``); pass every container through
+:func:`hardening`; label what you create with ``labels.MANAGED``, ``labels.INSTANCE`` and
+``labels.ROLE`` so that :meth:`ContainerBackend.sweep` finds it after a crash; keep blocking
+calls off the event loop. A request's ``warm`` is a hint: a back end without warm pools ignores
+it and starts the container cold, which is always correct.
+
+Warm pools (:class:`WarmPools`, implemented for the local engine in :mod:`.pool`) keep
+containers of a request's *placement* started ahead of time, each running a launcher that has
+imported the kernel's modules and waits for one claim. The placement is everything about a
+request except what :class:`WarmStart` says may differ per claim (the container's name, working
+directory, command arguments, the files' content and a few environment variables): the image,
+user, workspace, limits, network and the rest are fixed when a container is created, so only an
+equal request may take it. A back end that pools must hand a claim to the launcher without the
+key ever appearing in the container's configuration or environment, serve one claim per
+container, and fall back to a cold start whenever a warm container is missing or stale.
 """
 
 from __future__ import annotations
@@ -13,7 +30,9 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from ..models import WarmPool
 
 Role = Literal["kernel", "run", "sandbox", "pool", "serving"]
 
@@ -25,6 +44,27 @@ class ContainerFile:
     path: str
     data: bytes
     mode: int = 0o400
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """How a request may be served by a container started ahead of time (a warm pool).
+
+    Only for commands of the form ``PYTHON -m MODULE ARGS…``: the waiting launcher is started as
+    ``PYTHON``, imports ``preload`` (never ``MODULE`` itself, which acts on import), and on its
+    claim runs ``MODULE`` as ``python -m`` would, with the claim's ARGS, working directory and
+    environment.
+    """
+
+    #: How many containers of this placement to keep ready for the next requests.
+    size: int
+    #: Modules the launcher imports while it waits (the slow part of a start); one an image
+    #: lacks is skipped.
+    preload: tuple[str, ...]
+    #: Environment variables that may differ between requests of one placement; they are handed
+    #: over with the claim. Everything else in the environment is fixed at creation, because the
+    #: interpreter reads it when it starts (locale, PYTHON*, the init's TINI_* settings).
+    claim_env: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,6 +93,8 @@ class ContainerRequest:
     #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
     ports: tuple[int, ...] = ()
     files: tuple[ContainerFile, ...] = ()
+    #: May be served from a warm pool (a hint; see :class:`WarmStart`). None: always cold.
+    warm: WarmStart | None = None
     #: Where the workspace appears in the container; "": at ``workspace`` (a host folder).
     #: A named volume (the broker mounts DockerSpawner's per-user volume) needs one.
     workspace_mount: str = ""
@@ -62,6 +104,7 @@ class ContainerRequest:
 class Launched:
     container_id: str
     ip: str  # where the server reaches ``ports``
+    warm: bool = False  # served by a container started ahead of time
 
 
 @dataclass(frozen=True)
@@ -112,9 +155,47 @@ class ContainerBackend(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class PoolSettings:
+    """What a server instance allows its warm pools (``c.DockerEnvProvisioner.warm_pool_*``)."""
+
+    #: Most memory all pools of the instance may hold while idle, in bytes.
+    memory_budget: int
+    #: A pool that serves no claim for this long is emptied (it refills on its next use).
+    idle_timeout: float
+    #: Pool containers that reserve GPUs (they would hold them while idle).
+    gpus: bool = False
+
+
+@runtime_checkable
+class WarmPools(Protocol):
+    """What a back end with warm pools offers the server that owns them.
+
+    Pools exist only for instances that :meth:`enable_pools`; requests of other instances (a
+    script, nbclient) are always started cold.
+    """
+
+    def enable_pools(self, instance_id: str, settings: PoolSettings) -> None: ...
+
+    async def prewarm(self, request: ContainerRequest) -> None:
+        """Make (or resize) the pool of ``request``'s placement now, before any claim."""
+        ...
+
+    async def refresh_pools(self, instance_id: str) -> None:
+        """Empty the pools whose image changed or went away (after builds and deletes)."""
+        ...
+
+    def pool_states(self, instance_id: str) -> list[WarmPool]: ...
+
+    async def close_pools(self, instance_id: str) -> None:
+        """Remove every pool container of the instance and stop refilling (server stop)."""
+        ...
+
+
 #: Back ends by the name c.DockerEnvProvisioner.backend takes (or a dotted class path).
+#: "local" is the local engine with warm pools (they stay off until a server enables them).
 BACKENDS = {
-    "local": "jupyter_docker_env.containers.local.LocalBackend",
+    "local": "jupyter_docker_env.containers.pool.PooledLocalBackend",
     "broker": "jupyter_docker_env.containers.broker.BrokerBackend",
 }
 

@@ -132,14 +132,7 @@ class LocalBackend:
         archive = self._place_files(request, create)
         ip = ""
         if request.ports and await self.mode() == "container-ip":
-            sandbox = self._sandboxes.setdefault((request.instance_id, request.network), _Sandbox())
-            async with sandbox.lock:
-                try:
-                    sandbox.container_id, sandbox.ip = await self.engine.run(
-                        self._find_or_start_sandbox, request, sandbox.container_id
-                    )
-                except APIError as exc:  # the sandbox runs the kernel's image: it may be gone
-                    raise _explain(exc) from exc
+            sandbox = await self._sandbox(request)
             create["network_mode"] = f"container:{sandbox.container_id}"
             ip = sandbox.ip
         elif request.ports:
@@ -154,6 +147,18 @@ class LocalBackend:
             self._forget_files(request.name)
             raise _explain(exc) from exc
         return Launched(container_id=container_id, ip=ip)
+
+    async def _sandbox(self, request: ContainerRequest) -> _Sandbox:
+        """The running network sandbox of the request's instance and network (started if none)."""
+        sandbox = self._sandboxes.setdefault((request.instance_id, request.network), _Sandbox())
+        async with sandbox.lock:
+            try:
+                sandbox.container_id, sandbox.ip = await self.engine.run(
+                    self._find_or_start_sandbox, request, sandbox.container_id
+                )
+            except APIError as exc:  # the sandbox runs the kernel's image: it may be gone
+                raise _explain(exc) from exc
+        return sandbox
 
     def _place_files(self, request: ContainerRequest, create: dict[str, Any]) -> bytes | None:
         """Bind-mount the request's files from the host, or return a tar to unpack instead."""
@@ -170,13 +175,7 @@ class LocalBackend:
         self._files[request.name] = folder
         for i, f in enumerate(request.files):
             host = folder / f"{i}-{os.path.basename(f.path)}"
-            with contextlib.suppress(FileNotFoundError):
-                host.unlink()
-            fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, f.mode)
-            with os.fdopen(fd, "wb") as out:
-                out.write(f.data)
-            if os.geteuid() == 0:
-                os.chown(host, request.uid, request.gid)
+            write_host_file(host, f.data, f.mode, request.uid, request.gid)
             create["volumes"][str(host)] = {"bind": f.path, "mode": "ro"}
         return None
 
@@ -297,6 +296,17 @@ def book_ports(taken: set[int], wanted: list[int]) -> list[int]:
     ports = random.sample(free, len(wanted))
     taken.update(ports)
     return ports
+
+
+def write_host_file(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Write a file a container will read, as its user's (never through a planted link)."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    if os.geteuid() == 0:
+        os.chown(path, uid, gid)
 
 
 def _ip(attrs: dict[str, Any], network: str) -> str:

@@ -241,6 +241,9 @@ class BrokerImageBuilder(ImageBuilder):
             shared_with=result.get("shared_with"),
         )
 
+    def sweep_untagged(self, repository: str | None = None) -> None:
+        """Nothing to do here: the broker sweeps the images it built (see Broker.reap)."""
+
     def pull(self, folder: Path, op: Operation) -> BuildResult:
         raise OperationFailed(NO_REGISTRY)
 

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,6 +135,8 @@ class EnvironmentManager(LoggingConfigurable):
         self.kernels_dir = kernels_dir
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="docker-env-envs")
         self._plans: dict[Path, tuple[Any, Plan | FieldError]] = {}
+        #: Called after every kernel-spec sync (builds, pulls and deletes end with one).
+        self.kernelspecs_synced: list[Callable[[], Awaitable[None]]] = []
         #: What a notebook saved on each built environment's kernel records (metadata.docker_env):
         #: refreshed after every operation, so that saving a notebook never asks the engine.
         self.notebook_records: dict[str, NotebookEnv] = {}
@@ -548,10 +550,12 @@ class EnvironmentManager(LoggingConfigurable):
             if latest is None:
                 continue
             gpu = latest.labels.get(L.GPU) == "true"
+            config = dict(extra_config or {})
+            plan = self._plan(loc, images)
+            if isinstance(plan, Plan) and plan.spec.warm is not None:
+                config["warm_pool_size"] = plan.spec.warm  # the environment asks for its own
             specs.append(
-                kernelspecs.kernel_json(
-                    loc.name, self.images.latest_ref(loc.name), gpu, extra_config
-                )
+                kernelspecs.kernel_json(loc.name, self.images.latest_ref(loc.name), gpu, config)
             )
         return specs
 
@@ -570,6 +574,9 @@ class EnvironmentManager(LoggingConfigurable):
             await self._run(sync)
         except EngineUnavailable as exc:  # the specs stay as they are until it is back
             self.log.warning("jupyter-docker-env: kernel specs not updated: %s", exc)
+            return
+        for hook in self.kernelspecs_synced:
+            await hook()
 
     # -- notebooks' records ----------------------------------------------------------------
     async def refresh_records(self) -> None:

@@ -14,10 +14,23 @@ What a kernel gets:
   mode 0400: the key is never in the container's environment nor in ``docker inspect``;
 - only allow-listed environment variables;
 - labels naming the kernel, environment, server instance and user, so anything left behind by a
-  crash is found and swept (:func:`sweep_orphans`).
+  crash is found and swept (:func:`sweep_orphans`), with jupyter_client's connection file.
 
 Where the container runs is a back end's business (``backend``; :mod:`..containers`): the local
 engine by default, which also decides how the server reaches the kernel's ports.
+
+Warm starts. In a Jupyter server whose extension enabled warm pools (:mod:`.warm`), a start may
+take a container that a pool started ahead of time for the same environment and placement
+(``warm_pool_size``; :mod:`..containers.pool`): it gets the same connection file, working
+directory and environment as a cold start, and is the kernel's alone. A claimed container carries
+the pool's labels (Docker labels cannot change), so it has no ``kernel-id`` label; it is renamed
+after the kernel.
+
+When the kernel dies. In a server, :class:`.restarter.ContainerKernelRestarter` watches the
+kernel: it ends the running cell with the reason (out of memory at the limit, the engine gone)
+before a restart, keeps ``execution_state`` right, and reports a kernel that died with the engine
+as dead instead of restarting it. The provisioner also answers ``poll`` while the engine is down:
+the kernel is alive while its heartbeat port answers.
 
 Server instances. Every container carries the id of the server instance that started it:
 :func:`instance_id_for` derives it from the host, OS user, root dir and port, so a server that
@@ -28,6 +41,7 @@ crashed and restarts with the same settings finds what it left behind and remove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -39,9 +53,10 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_runtime_dir
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, Union
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, validate
 
 from .. import labels as L
 from ..containers import (
@@ -49,15 +64,40 @@ from ..containers import (
     ContainerError,
     ContainerFile,
     ContainerRequest,
+    PoolSettings,
+    WarmStart,
     backend_class,
 )
-from ..engine import Engine, shared_engine
+from ..engine import Engine, EngineUnavailable, shared_engine
 from .resources import human_size, parse_cpus, parse_gpus, parse_memory
+from .restarter import ContainerKernelRestarter
 
 #: Where the connection file lives inside the kernel's container (0700 dir, 0400 file).
 CONTAINER_RUNTIME_DIR = "/run/jupyter-docker-env"
 CONNECTION_FILE = f"{CONTAINER_RUNTIME_DIR}/kernel.json"
 _CHANNELS = ("shell", "iopub", "stdin", "hb", "control")
+#: What a warm pool's launcher imports before its claim, by the module the kernel runs: what a
+#: cold start imports before the kernel answers (measured with ipykernel 7: the kernel app, then
+#: while it initializes the debugger's debugpy, IPython's history, debugger and extensions).
+WARM_PRELOAD = {
+    "ipykernel_launcher": (
+        "ipykernel.kernelapp",
+        "ipykernel.ipkernel",
+        "ipykernel.debugger",
+        "IPython.core.completerlib",
+        "IPython.core.debugger",
+        "IPython.core.oinspect",
+        "IPython.extensions.storemagic",
+        "faulthandler",
+        "psutil",
+        "sqlite3",
+        "tornado.platform.asyncio",
+    )
+}
+#: Longest a start waits for the kernel to bind its ports (seconds).
+LISTEN_WAIT = 30.0
+#: Variables that differ between the kernels of one notebook server: handed over at a claim.
+CLAIM_ENV = ("JPY_SESSION_NAME",)
 
 
 # -- server instances and orphans ------------------------------------------------------------
@@ -79,26 +119,56 @@ def _process_instance_id() -> str:
 _PROCESS_INSTANCE_ID = _process_instance_id()
 
 
-_backends: dict[tuple[str, str | None, str], ContainerBackend] = {}
+_backends: dict[tuple[str, str | None, str, Path], ContainerBackend] = {}
 
 
 def backend_for(name: str, engine: Engine, connect_mode: str = "auto") -> ContainerBackend:
-    """One back end per kind, engine and connect mode for the whole process (it holds state
-    that kernels share, such as network sandboxes and their ports)."""
-    key = (name, engine.host, connect_mode)
+    """One back end per kind, engine, connect mode and runtime dir for the whole process (it
+    holds state that kernels share, such as network sandboxes, their ports and warm pools; the
+    files it keeps for containers live in the runtime dir, where a later sweep looks)."""
+    files = Path(jupyter_runtime_dir()) / "docker-env-files"
+    key = (name, engine.host, connect_mode, files)
     if key not in _backends:
-        files = Path(jupyter_runtime_dir()) / "docker-env-files"
         _backends[key] = backend_class(name)(engine, files, connect_mode)
     return _backends[key]
 
 
 async def sweep_orphans(engine: Engine, instance_id: str, backend: str = "local") -> list[str]:
-    """Remove every container labelled with ``instance_id`` (and the files kept for them).
+    """Remove every container labelled with ``instance_id``, the files kept for them, and the
+    connection files jupyter_client wrote for their kernels.
 
-    Call it when a server starts (before any kernel of it runs): it removes the kernels and the
-    network sandbox that a crashed predecessor with the same id left behind.
+    Call it when a server starts (before any kernel of it runs): it removes the kernels, warm
+    pools and network sandbox that a crashed predecessor with the same id left behind.
     """
-    return await backend_for(backend, engine).sweep(instance_id)
+    removed = await backend_for(backend, engine).sweep(instance_id)
+    _sweep_connection_files(instance_id)
+    return removed
+
+
+def _ledger(instance_id: str) -> Path:
+    """Where a server instance notes the connection file of each of its running kernels."""
+    return Path(jupyter_runtime_dir()) / "docker-env-kernels" / instance_id / "connection-files"
+
+
+def _sweep_connection_files(instance_id: str) -> None:
+    ledger = _ledger(instance_id)
+    if not ledger.is_dir():
+        return
+    for entry in ledger.iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            path = Path(entry.read_text().strip())
+            if _is_connection_file(path):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            entry.unlink()
+
+
+def _is_connection_file(path: Path) -> bool:
+    """A kernel's connection file (never followed through a link), not anything else."""
+    if not path.is_absolute() or path.suffix != ".json" or path.is_symlink() or not path.is_file():
+        return False
+    info = json.loads(path.read_text())
+    return isinstance(info, dict) and {"key", "shell_port", "iopub_port"} <= info.keys()
 
 
 def _within(path: str, root: str) -> bool:
@@ -196,6 +266,34 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         help="Where kernels' containers run: 'local' (the Docker engine at docker_host), or the "
         "dotted path of a ContainerBackend class.",
     ).tag(config=True)
+    warm_pool_size = Int(
+        1,
+        help="In a Jupyter server: kernels of an environment kept started ahead of time, per "
+        "placement (the same image, workspace, user, limits and network), so that opening a "
+        "notebook takes a waiting kernel (about a fifth of a local kernel's start, measured by "
+        "benchmarks/kernel_start.py) instead of starting one. A pool forms "
+        "on a placement's first start and empties after warm_pool_idle_timeout without a start; "
+        "an environment asks for its own size, kept from the server's start, with `warm = N` in "
+        "its docker-env.toml. A waiting kernel holds ~36 MiB (ipykernel 7, measured idle; all "
+        "pools together stay within warm_pool_memory). 0: every start is cold.",
+    ).tag(config=True)
+    warm_pool_memory = Union(
+        [Unicode(), Int()],
+        default_value="512m",
+        help='Most memory ("512m", "2g") that all warm pools of a server may hold while their '
+        "kernels wait; a pool that would pass it stops growing (the status endpoint says so). "
+        '"0" keeps no kernel waiting.',
+    ).tag(config=True)
+    warm_pool_idle_timeout = Float(
+        1800.0,
+        help="Seconds without a start after which a warm pool that formed on demand is emptied "
+        "(it forms again on the next start). Pools an environment asks for are kept.",
+    ).tag(config=True)
+    warm_pool_gpus = Bool(
+        False,
+        help="Keep warm kernels for GPU requests too. Off by default: a waiting kernel would "
+        "hold its GPUs.",
+    ).tag(config=True)
     kernel_cmd = List(
         Unicode(),
         default_value=["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -209,13 +307,38 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         "to the process.",
     ).tag(config=True)
 
+    @validate("warm_pool_size")
+    def _valid_pool_size(self, proposal: Any) -> int:
+        if proposal["value"] < 0:
+            raise TraitError("warm_pool_size must be 0 (no warm kernels) or more")
+        return int(proposal["value"])
+
+    @validate("warm_pool_memory")
+    def _valid_pool_memory(self, proposal: Any) -> str | int:
+        try:
+            parse_memory(proposal["value"])
+        except ValueError as exc:
+            raise TraitError(f"warm_pool_memory: {exc}") from None
+        return proposal["value"]  # type: ignore[no-any-return]
+
+    @validate("warm_pool_idle_timeout")
+    def _valid_idle_timeout(self, proposal: Any) -> float:
+        if proposal["value"] <= 0:
+            raise TraitError("warm_pool_idle_timeout must be a number of seconds above 0")
+        return float(proposal["value"])
+
     container_id: str | None = None
     #: Set once the kernel's container has exited.
     exit_code: int | None = None
     oom_killed: bool = False
     #: Why the kernel stopped, in the user's terms, when it did not stop on request.
     exit_reason: str | None = None
+    #: The kernel died with the Docker engine (it no longer answers): no restart can work now.
+    engine_lost: bool = False
+    #: The kernel took a container that a warm pool had started ahead of time.
+    warm_started: bool = False
     _stopping = False
+    _engine_silent = False
     _uid_gid: tuple[int, int] = (0, 0)
     _working_dir = ""
     _workspace = ""
@@ -270,6 +393,8 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             )
         if km.transport != "tcp":
             raise ValueError("Kernels in containers need the tcp transport.")
+        if getattr(km, "restarter_class", None) is AsyncIOLoopKernelRestarter:
+            km.restarter_class = ContainerKernelRestarter  # says why a kernel died (a server)
         self._resources = self._resources_for(kwargs.get("env") or {})
         self._place(kwargs.get("cwd"))
         await self._choose_ports(km)
@@ -277,10 +402,21 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             jupyter_session=(kwargs.get("env") or {}).get("JPY_SESSION_NAME", "")
         )
         self.connection_info = km.get_connection_info()
+        self._note_connection_file(km.connection_file)
         cmd = [arg.replace("{connection_file}", CONNECTION_FILE) for arg in self.kernel_cmd]
         cmd += kwargs.pop("extra_arguments", [])
         self.exit_code, self.oom_killed, self.exit_reason, self._stopping = None, False, None, False
+        self.engine_lost = self._engine_silent = False
         return await super().pre_launch(cmd=cmd, **kwargs)
+
+    def _note_connection_file(self, path: str) -> None:
+        """Note it where a restart of this server after a crash finds and removes it."""
+        instance = self._instance_id()
+        if instance == _PROCESS_INSTANCE_ID or not path:
+            return  # a script's kernels: no later life of the process sweeps them
+        ledger = _ledger(instance)
+        ledger.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (ledger / str(self.kernel_id)).write_text(os.path.abspath(path))
 
     async def _choose_ports(self, km: Any) -> None:
         """Ports the back end can reach, kept across restarts where it can."""
@@ -288,13 +424,18 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         wanted = [int(getattr(km, n) or 0) for n in names]
         if not all(wanted):
             km.cleanup_connection_file()
-            km.write_connection_file()  # jupyter_client picks free ports
+            # jupyter_client picks free ports by binding them at km.ip, which after a first
+            # start is the container's address (not this host's): look on loopback instead.
+            km.ip = "127.0.0.1"
+            km.write_connection_file()
             wanted = [int(getattr(km, n)) for n in names]
         ports = await self.containers.reachable_ports(self.network, self._instance_id(), wanted)
         if ports != wanted:
             for name, port in zip(names, ports, strict=True):
                 setattr(km, name, port)
             km.cleanup_connection_file()  # ports changed: the file must be written anew
+        if self._ports and self._ports != ports:  # a restart on new ports frees the old ones
+            self.containers.release_ports(self.network, self._instance_id(), self._ports)
         self._ports = ports
 
     def _place(self, cwd: str | None) -> None:
@@ -378,9 +519,11 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         info["ip"] = ip
         return json.dumps(info, indent=1).encode()
 
-    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+    def _request(
+        self, cmd: list[str], env: dict[str, str], connection_file: bytes, ports: list[int]
+    ) -> ContainerRequest:
         uid, gid = self._uid_gid
-        request = ContainerRequest(
+        return ContainerRequest(
             role="kernel",
             name=f"jupyter-kernel-{str(self.kernel_id)[:8]}-{os.urandom(3).hex()}",
             image=self.image,
@@ -390,32 +533,73 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             uid=uid,
             gid=gid,
             instance_id=self._instance_id(),
-            environment=self._container_env(kwargs.get("env") or {}),
+            environment=self._container_env(env),
             labels={**self.extra_labels, L.KERNEL_ID: str(self.kernel_id), L.ENV: self.env_name},
             home=self.home,
             network=self.network,
-            ports=tuple(self._ports),
+            ports=tuple(ports),
             # The kernel binds every interface of its container; only its user may read it.
-            files=(ContainerFile(CONNECTION_FILE, self._connection_file("0.0.0.0"), 0o400),),
+            files=(ContainerFile(CONNECTION_FILE, connection_file, 0o400),),
+            warm=self._warm_start(cmd),
             **self._resources,
+        )
+
+    def _warm_start(self, cmd: list[str]) -> WarmStart | None:
+        preload = WARM_PRELOAD.get(cmd[2]) if len(cmd) > 2 and cmd[1] == "-m" else None
+        if not preload or self.warm_pool_size <= 0:
+            return None
+        return WarmStart(size=self.warm_pool_size, preload=preload, claim_env=CLAIM_ENV)
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        request = self._request(
+            cmd, kwargs.get("env") or {}, self._connection_file("0.0.0.0"), self._ports
         )
         try:
             launched = await self.containers.launch(request)
         except ContainerError as exc:
             raise self._explain(exc) from exc
-        self.container_id = launched.container_id
+        except EngineUnavailable:
+            self.engine_lost = True  # a restart that cannot work: the restarter says so
+            raise
+        self.container_id, self.warm_started = launched.container_id, launched.warm
         self.connection_info = {**self.connection_info, "ip": launched.ip}
-        self.log.debug("Kernel %s runs in container %s", self.kernel_id, self.container_id)
+        await self._until_listening()
+        self.log.debug(
+            "Kernel %s runs in container %s (%s start)",
+            self.kernel_id,
+            self.container_id,
+            "warm" if launched.warm else "cold",
+        )
         return self.connection_info
 
-    def _explain(self, exc: ContainerError) -> Exception:
-        """The engine's refusal in the user's terms."""
-        where = (
+    # -- warm pools ------------------------------------------------------------------------
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings(
+            memory_budget=parse_memory(self.warm_pool_memory),
+            idle_timeout=self.warm_pool_idle_timeout,
+            gpus=self.warm_pool_gpus,
+        )
+
+    def warm_request(self, env: dict[str, str]) -> ContainerRequest | None:
+        """The request a kernel of this spec would make in the workspace, started with ``env``
+        (for a pool made ahead of any start); None when its kernels start cold."""
+        self._resources = self._resources_for(env)
+        self._place(None)
+        cmd = [arg.replace("{connection_file}", CONNECTION_FILE) for arg in self.kernel_cmd]
+        request = self._request(cmd, env, b"", [0] * len(_CHANNELS))
+        return request if request.warm else None
+
+    def _where(self) -> str:
+        return (
             self.engine.host
             or self.docker_host
             or os.environ.get("DOCKER_HOST")
-            or ("the local socket")
+            or "the local socket"
         )
+
+    def _explain(self, exc: ContainerError) -> Exception:
+        """The engine's refusal in the user's terms."""
+        where = self._where()
         if exc.kind == "no-gpu-runtime":
             return RuntimeError(
                 f"GPU requested (gpus={self._resources['device_requests']}) but the Docker engine "
@@ -437,7 +621,11 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def poll(self) -> int | None:
         if self.container_id is None:
             return self.exit_code if self.exit_code is not None else 0
-        state = await self.containers.state(self.container_id)
+        try:
+            state = await self.containers.state(self.container_id)
+        except EngineUnavailable as exc:
+            return await self._poll_without_engine(exc)
+        self._engine_silent = False
         if state is None:
             self._record_exit(-1, False, "its container was removed from outside Jupyter")
             return self.exit_code
@@ -449,6 +637,60 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 logs = await self.containers.logs(self.container_id)
                 self.log.error("Kernel %s output before it stopped:\n%s", self.kernel_id, logs)
         return self.exit_code
+
+    async def _poll_without_engine(self, exc: EngineUnavailable) -> int | None:
+        """The engine does not answer: the kernel lives while its heartbeat port does."""
+        if self.exit_code is not None:
+            return self.exit_code
+        if await self._heartbeat_answers():
+            if not self._engine_silent:
+                self.log.warning(
+                    "Kernel %s: the Docker engine does not answer, but the kernel does: %s",
+                    self.kernel_id,
+                    exc,
+                )
+            self._engine_silent = True
+            return None
+        self.exit_code, self.engine_lost = -1, True
+        self.exit_reason = (
+            f"its container stopped with the Docker engine at {self._where()}, which no longer "
+            "answers. Start Docker again, then start a new kernel."
+        )
+        self.log.error("Kernel %s: %s (%s)", self.kernel_id, self.exit_reason, exc)
+        return self.exit_code
+
+    async def _heartbeat_answers(self, within: float = 1.0) -> bool:
+        ip, port = self.connection_info.get("ip"), self.connection_info.get("hb_port")
+        if not ip or not port:
+            return False
+        try:
+            connecting = asyncio.open_connection(str(ip), int(port))
+            _, writer = await asyncio.wait_for(connecting, within)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    async def _until_listening(self) -> None:
+        """Return once the kernel has bound its ports (its heartbeat's is bound last).
+
+        Clients that connect earlier are refused and retry only after ZeroMQ's reconnect
+        interval, and a status published before their iopub connects is lost to them: waiting
+        here makes the first reply come sooner. Bounded: a kernel that never listens (it failed)
+        is left to poll() and the client's own timeout.
+        """
+        deadline = time.monotonic() + LISTEN_WAIT
+        checked = time.monotonic()
+        while time.monotonic() < deadline:
+            if await self._heartbeat_answers(within=0.5):
+                return
+            if time.monotonic() - checked > 0.5:  # still running? (one engine call)
+                checked = time.monotonic()
+                if self.container_id is None or await self.poll() is not None:
+                    return
+            await asyncio.sleep(0.005)
 
     def _record_exit(self, code: int, oom: bool, why: str) -> None:
         self.exit_code, self.oom_killed = code, oom
@@ -477,7 +719,12 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     async def send_signal(self, signum: int) -> None:
         if self.container_id is None or signum == 0:
             return
-        await self.containers.signal(self.container_id, int(signum))
+        try:
+            await self.containers.signal(self.container_id, int(signum))
+        except EngineUnavailable as exc:
+            # a shutdown goes on (what outlives the engine's return is swept); an interrupt
+            # cannot reach the kernel now
+            self.log.warning("Kernel %s not signalled (%s): %s", self.kernel_id, signum, exc)
 
     async def kill(self, restart: bool = False) -> None:
         self._stopping = True
@@ -495,10 +742,21 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if not restart and self._ports:
             self.containers.release_ports(self.network, self._instance_id(), self._ports)
             self._ports = []
+        if not restart:
+            with contextlib.suppress(OSError):
+                (_ledger(self._instance_id()) / str(self.kernel_id)).unlink()
 
     async def _remove_container(self) -> None:
         if self.container_id is not None:
-            await self.containers.remove(self.container_id)
+            try:
+                await self.containers.remove(self.container_id)
+            except EngineUnavailable:
+                self.log.warning(
+                    "Kernel %s: container %s is removed when the server next starts (the Docker "
+                    "engine does not answer now)",
+                    self.kernel_id,
+                    self.container_id[:12],
+                )
             self.container_id = None
 
     def resolve_path(self, path: str) -> str | None:

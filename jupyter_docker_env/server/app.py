@@ -15,6 +15,7 @@ from ..config import DockerEnvConfig
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
+from ..kernels.warm import WarmKernels
 from ..notebooks.saving import pre_save_hook
 from ..notebooks.service import NotebookEnvironments
 from ..serving.manager import ServingManager
@@ -38,6 +39,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     engine: Engine
     environments: EnvironmentManager
+    warm: WarmKernels
     serving: ServingManager
     notebooks: NotebookEnvironments
 
@@ -61,6 +63,10 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             engine=self.engine,
             kernels_dir=self.kernels_dir,
         )
+        self.warm = WarmKernels(
+            self.instance_id, root_dir, ksm, docker_host=self.docker_host, parent=self
+        )
+        self.environments.kernelspecs_synced.append(self.warm.specs_changed)
         self.serving = self.serving_manager_class(
             parent=self, settings=self, environments=self.environments, engine=self.engine
         )
@@ -94,10 +100,12 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
                     "run of this server",
                     len(removed),
                 )
+        self.warm.start()
         await self.environments.sync_kernelspecs()
         await self.environments.refresh_records()
         await self.environments.sweep_images()  # what the last run's kernels held untagged
 
     async def stop_extension(self) -> None:
+        await self.warm.stop()
         self.serving.close()
         self.environments.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 from jupyter_client.kernelspec import NoSuchKernel
@@ -29,7 +30,8 @@ class StatusHandler(DockerEnvHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.reply((await self.environments.status()).to_json())
+        status = await self.environments.status()
+        self.reply(replace(status, pools=tuple(self.ext.warm.states())).to_json())
 
 
 class EnvsHandler(DockerEnvHandler):
