@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 import docker
 import docker.errors
@@ -61,8 +61,10 @@ class RegistryError(EngineError):
 class BuildEvent:
     """One thing a build reported, the same for both builders.
 
-    ``kind`` is "step" (``step``/``total``/``text`` is the instruction), "line" (output),
-    "error" (``text`` is the engine's reason) or "image" (``text`` is the built image's id).
+    ``kind`` is "step" (``step``/``total``/``text`` is the instruction), "line" (output of
+    ``step``; 0: of no step), "error" (``text`` is the engine's reason, ``step`` the failing one,
+    0 when it failed outside a step; every line of that step came before) or "image" (``text``
+    is the built image's id).
     """
 
     kind: Literal["step", "line", "error", "image"]
@@ -335,38 +337,56 @@ class Engine:
     def _build_legacy(
         self, context: str, dockerfile: str, nocache: bool, buildargs: dict[str, str] | None
     ) -> Iterator[BuildEvent]:
+        archive = _context_archive(context, dockerfile)
         stream = self._call(
             self.client.api.build,
-            path=context,
-            dockerfile=dockerfile,
+            fileobj=archive,
+            custom_context=True,
+            dockerfile="Dockerfile",
             nocache=nocache,
             rm=True,
             forcerm=True,
             decode=True,
             buildargs=buildargs or None,
         )
+        step, total = 0, 0
+        partial = ""  # the engine sends output in chunks that may end inside a line
+
+        def lines(text: str) -> Iterator[BuildEvent]:
+            nonlocal step, total
+            # The legacy builder colours what a step writes to stderr, write by write.
+            for line in _ANSI.sub("", text).splitlines():
+                if m := _LEGACY_STEP.match(line):
+                    step, total = int(m[1]), int(m[2])
+                    yield BuildEvent("step", m[3], step, total)
+                elif line.strip():
+                    yield BuildEvent("line", line.strip(), step, total)
+
         try:
             for msg in stream:
                 if "stream" in msg:
-                    for line in msg["stream"].splitlines():
-                        if m := _LEGACY_STEP.match(line):
-                            yield BuildEvent("step", m[3], int(m[1]), int(m[2]))
-                        elif line.strip():
-                            yield BuildEvent("line", line.strip())
-                elif "error" in msg:
-                    yield BuildEvent("error", str(msg["error"]).strip())
+                    complete, _, partial = (partial + str(msg["stream"])).rpartition("\n")
+                    yield from lines(complete)
+                    continue
+                yield from lines(partial)
+                partial = ""
+                if "error" in msg:
+                    yield BuildEvent("error", str(msg["error"]).strip(), step, total)
                     return
-                elif "aux" in msg and "ID" in msg["aux"]:
+                if "aux" in msg and "ID" in msg["aux"]:
                     yield BuildEvent("image", str(msg["aux"]["ID"]))
                 elif "status" in msg and not msg.get("progressDetail"):
                     # pulling the base image: one line per layer state, not per chunk
                     status = str(msg["status"])
-                    yield BuildEvent("line", f"{msg['id']}: {status}" if msg.get("id") else status)
+                    line = f"{msg['id']}: {status}" if msg.get("id") else status
+                    yield BuildEvent("line", line, step, total)
+            yield from lines(partial)
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
         finally:
             with contextlib.suppress(Exception):
                 stream.close()
+            archive.close()
 
     def _build_buildkit(
         self,
@@ -401,19 +421,19 @@ class Engine:
             assert proc.stdout is not None
             parser = _BuildKitProgress()
             try:
+                # Read to the end even after a step failed: its last lines may come later.
                 for raw in proc.stdout:
-                    for event in parser.feed(raw.rstrip("\n")):
-                        yield event
-                        if event.kind == "error":
-                            return
+                    yield from parser.feed(raw.rstrip("\n"))
                 code = proc.wait()
-                if code != 0 or not iidfile.is_file():
+                if parser.error is not None:
+                    yield parser.error
+                elif code != 0 or not iidfile.is_file():
                     reason = parser.summary or f"docker build exited with code {code}"
                     if "Cannot connect to the Docker daemon" in reason:
                         raise EngineUnavailable(_unavailable_reason(self.host, Exception(reason)))
-                    yield BuildEvent("error", reason)
-                    return
-                yield BuildEvent("image", iidfile.read_text().strip())
+                    yield BuildEvent("error", reason, *parser.failed)
+                else:
+                    yield BuildEvent("image", iidfile.read_text().strip())
             finally:
                 if proc.poll() is None:
                     proc.kill()  # the consumer stopped listening: cancelled
@@ -640,49 +660,104 @@ class Engine:
 
 
 _LEGACY_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class _BuildKitProgress:
     """Turns ``docker build --progress=plain`` output into :class:`BuildEvent`s.
 
-    Its lines are ``#N [k/T] INSTRUCTION`` when vertex N starts step k of T, ``#N 1.23 text`` for
-    output, ``#N CACHED``, ``#N DONE 0.4s`` and ``#N ERROR: reason``; a summary follows an error.
+    Its lines are ``#N [k/T] INSTRUCTION`` when vertex N starts step k of T (``#N [internal]
+    …`` for the builder's own work), ``#N 1.23 text`` for output, ``#N CACHED``, ``#N DONE 0.4s``
+    and ``#N ERROR: reason``; after a failure, a summary names the failing step (`` > [k/T]
+    INSTRUCTION:``) and ends with the reason. The first failure is kept in ``error`` for the
+    end of the output, so that every line of the failing step comes before it.
+
+    When another build runs the same step at the same time, BuildKit runs it once for both and
+    may show this one no more than its failure: the summary then names the step.
     """
 
     _VERTEX = re.compile(r"^#(\d+) (.*)$")
     _STEP = re.compile(r"^\[(?:[^\]]*? )?(\d+)/(\d+)\] (.*)$")
+    _FAILED = re.compile(r"^ > \[(?:[^\]]*? )?(\d+)/(\d+)\] (.*):$")
     _OUTPUT = re.compile(r"^\d+\.\d+ (.*)$")
+    _STATUS = re.compile(r"^(?:\d+\.\d+ |CACHED$|DONE |ERROR|CANCELED|sha256:)")
 
     def __init__(self) -> None:
         self.summary = ""
-        self._steps: dict[str, tuple[int, int, str]] = {}
+        self.error: BuildEvent | None = None
+        self.failed: tuple[int, int] = (0, 0)  # the step the summary names
+        self._names: dict[str, str] = {}  # vertex → what it does
+        self._steps: dict[str, tuple[int, int]] = {}  # vertex → (step, total)
+        self._shown: set[int] = set()
 
     def feed(self, line: str) -> Iterator[BuildEvent]:
         m = self._VERTEX.match(line)
         if not m:
-            if line.startswith(("error:", "ERROR:", "failed to solve")):
-                self.summary = line.split(":", 1)[1].strip() if ":" in line else line
+            yield from self._summary(line)
             return
         vertex, rest = m[1], m[2]
-        if step := self._STEP.match(rest):
-            if vertex not in self._steps:
-                self._steps[vertex] = (int(step[1]), int(step[2]), step[3])
-                yield BuildEvent("step", step[3], int(step[1]), int(step[2]))
-        elif out := self._OUTPUT.match(rest):
+        if vertex not in self._names and not self._STATUS.match(rest):
+            self._names[vertex] = rest
+            if found := self._STEP.match(rest):
+                self._steps[vertex] = (int(found[1]), int(found[2]))
+                yield from self._step(int(found[1]), int(found[2]), found[3])
+            return
+        if vertex not in self._steps and self.failed[0]:
+            self._steps[vertex] = self.failed  # the failing step's last lines, in the summary
+        step, total = self._steps.get(vertex, (0, 0))
+        if out := self._OUTPUT.match(rest):
             if out[1].strip():
-                yield BuildEvent("line", out[1].rstrip())
+                yield BuildEvent("line", out[1].strip(), step, total)
         elif rest == "CACHED":
-            if vertex in self._steps:
-                yield BuildEvent("line", "---> Using cache")
-        elif rest.startswith("ERROR:") and vertex in self._steps:
-            yield BuildEvent("error", rest[len("ERROR:") :].strip())
+            if step:
+                yield BuildEvent("line", "---> Using cache", step, total)
+        elif rest.startswith("ERROR:") and self.error is None:
+            reason = rest[len("ERROR:") :].strip()
+            if not step and vertex in self._names:  # the builder's own work, e.g. the base
+                reason = f"{self._names[vertex]}: {reason}"
+            self.error = BuildEvent("error", reason, step, total)
+
+    def _step(self, step: int, total: int, instruction: str) -> Iterator[BuildEvent]:
+        if step not in self._shown:
+            self._shown.add(step)
+            yield BuildEvent("step", instruction, step, total)
+
+    def _summary(self, line: str) -> Iterator[BuildEvent]:
+        if found := self._FAILED.match(line):
+            self.failed = (int(found[1]), int(found[2]))
+            yield from self._step(*self.failed, found[3])
+            if self.error is not None and not self.error.step:
+                self.error = BuildEvent("error", self.error.text, *self.failed)
+        elif line.startswith(("error:", "ERROR:")):
+            self.summary = line.split(":", 1)[1].strip()
+        elif line.startswith(("failed to solve", "executor failed")):
+            self.summary = line
 
 
-def context_names(folder: str, patterns: list[str]) -> set[str]:
-    """The files a `docker build` of ``folder`` sends, given its .dockerignore patterns."""
+def context_names(folder: str, patterns: list[str] | None = None) -> set[str]:
+    """The files a `docker build` of ``folder`` sends, given its .dockerignore patterns (read
+    from the folder when not given)."""
     from docker.utils.build import exclude_paths
 
+    if patterns is None:
+        ignore = Path(folder, ".dockerignore")
+        lines = ignore.read_text().splitlines() if ignore.is_file() else []
+        patterns = [p.strip() for p in lines if p.strip() and not p.strip().startswith("#")]
     return set(exclude_paths(folder, patterns, dockerfile="Dockerfile"))
+
+
+def _context_archive(context: str, dockerfile: str) -> IO[bytes]:
+    """The build context as a tar with ``dockerfile`` in it as its Dockerfile.
+
+    docker-py would add a Dockerfile from outside the context under a random name and rewrite
+    .dockerignore to exclude it: a new .dockerignore in every build, so a COPY of it (or of the
+    whole folder) never came from the layer cache.
+    """
+    from docker.utils.build import create_archive
+
+    files = sorted(context_names(context) - {"Dockerfile"})
+    extra = [("Dockerfile", Path(dockerfile).read_text())]
+    return create_archive(root=context, files=files, extra_files=extra)  # type: ignore[no-any-return]
 
 
 def _split_tag(ref: str) -> tuple[str, str, str]:

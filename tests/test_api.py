@@ -261,14 +261,16 @@ async def test_a_failing_build_reports_its_step_and_cancel_works(
         jp_fetch,
         "envs",
         "POST",
-        {"name": "apifail", "base": jde_base_image, "apt": ["no-such-package-jde"]},
+        # This session's own package name: BuildKit runs a step that another build runs at the
+        # same time once for both, and may show the other build's output only to that one.
+        {"name": "apifail", "base": jde_base_image, "apt": [f"no-such-package-{JDE_SESSION}"]},
         expect=201,
     )
     op = await call(jp_fetch, "envs/apifail/builds", "POST", {}, expect=202)
     done = await wait_operation(jp_fetch, op["id"])
     assert done["state"] == "failed"
     assert "apt-get install" in done["failed_step"]
-    assert "E: Unable to locate package no-such-package-jde" in done["error"]
+    assert f"E: Unable to locate package no-such-package-{JDE_SESSION}" in done["error"]
     assert (await call(jp_fetch, "envs/apifail"))["state"] == "failed"
     # A cancelled build ends as cancelled
     op = await call(jp_fetch, "envs/apifail/builds", "POST", {"no_cache": True}, expect=202)

@@ -202,12 +202,14 @@ def test_dockerfiles_may_not_use_the_build_caches_other_users_builds_use() -> No
 
 def test_each_users_builds_get_their_own_download_caches() -> None:
     spec = EnvSpec(name="x", kind="spec", base="debian:12", pip=("six",), apt=("git",))
-    shared = render(spec, Path("."), cache_mounts=True)
-    alices = render(spec, Path("."), cache_mounts=True, cache_scope="u-alice")
-    assert "id=docker-env-pip," in shared
-    assert "id=docker-env-pip-u-alice," in alices
-    assert "id=docker-env-apt-lists-u-alice," in alices
-    assert "id=docker-env-pip," not in alices
+    alices = render(spec, Path("."), cache_id=POLICY.cache_id(POLICY.namespace(ALICE)))
+    bobs = render(spec, Path("."), cache_id=POLICY.cache_id(POLICY.namespace(BOB)))
+    assert "id=docker-env-u-alice-pip," in alices
+    assert "id=docker-env-u-alice-apt-lists," in alices
+    assert "id=docker-env-u-bob-pip," in bobs
+    long = POLICY.cache_id(POLICY.namespace(Identity("x" * 80)))
+    assert len(long) <= 63
+    assert render(spec, Path("."), cache_id=long)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,8 @@
-"""Builds against the real engine, on the base image that `make docker` serves."""
+"""Builds against the real engine, on the base image that `make docker` serves.
+
+Most tests build with the engine's default builder (BuildKit here); the ones that prove both
+builders behave alike are parametrized over ``builder_kind`` ("legacy", "buildkit").
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,19 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from jupyter_docker_env import labels as L
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments.images import BuildSettings, ImageBuilder
 from jupyter_docker_env.environments.spec import CA_FILE, LOCK_FILE
-from jupyter_docker_env.labels import ENV as LABEL_ENV
-from jupyter_docker_env.labels import LOCK as LABEL_LOCK
-from jupyter_docker_env.models import BuildOptions
+from jupyter_docker_env.models import BuildOptions, BuildResult
 from jupyter_docker_env.operations import Operation, OperationFailed
 
+from .builds import build, make_builder, make_env, step_lines, venv_freeze
 from .conftest import CA_BUNDLE, JDE_PREFIX
 
 pytestmark = pytest.mark.docker
@@ -26,31 +31,34 @@ pytestmark = pytest.mark.docker
 # layer cache still serves every layer before the ENV line.
 RUN = uuid.uuid4().hex[:8]
 
+# Inside the image: start its kernel with jupyter_client (an ipykernel dependency) and run code.
+# (run_output runs as nobody on a read-only root: the kernel's files go to /tmp.)
+KERNEL_ANSWERS = """
+import os
+os.environ.update(JUPYTER_RUNTIME_DIR="/tmp/rt", IPYTHONDIR="/tmp/ipython", HOME="/tmp")
+from jupyter_client.manager import start_new_kernel
+km, kc = start_new_kernel(startup_timeout=60)
+try:
+    kc.execute_interactive("print(6 * 7)", timeout=60,
+        output_hook=lambda m: print(m["content"].get("text", ""), end=""))
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+"""
+
 
 @pytest.fixture(scope="module")
 def builder(jde_engine: Engine, jde_base_image: str) -> ImageBuilder:
-    assert CA_BUNDLE, "the host's CA bundle (PIP_CERT) is needed for builds to reach PyPI here"
-    return ImageBuilder(
-        jde_engine,
-        BuildSettings(default_base=jde_base_image, ca_bundle=CA_BUNDLE, image_prefix=JDE_PREFIX),
-    )
+    return make_builder(jde_engine, jde_base_image)
 
 
-def make_env(root: Path, name: str, toml: str) -> Path:
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "docker-env.toml").write_text(toml)
-    return folder
-
-
-def build(builder: ImageBuilder, folder: Path, **options: bool) -> tuple[dict, Operation]:
-    op = Operation(env=folder.name, kind="build")
-    return builder.build(folder, BuildOptions(**options), op).to_json(), op
-
-
-def image_pip_freeze(engine: Engine, image: str) -> list[str]:
-    out = engine.run_output(image, ["/opt/venv/bin/pip", "list", "--format=freeze", "--local"])
-    return sorted(out.split())
+@pytest.fixture(scope="module", params=["legacy", "buildkit"])
+def builder_kind(request: pytest.FixtureRequest, jde_base_image: str) -> Iterator[ImageBuilder]:
+    """A builder on an engine that builds with the legacy builder, or with BuildKit."""
+    engine = Engine(builder=request.param)
+    assert engine.builder() == request.param
+    yield make_builder(engine, jde_base_image)
+    engine.close()
 
 
 def test_spec_builds_and_the_image_matches_its_lock(builder: ImageBuilder, jde_tmp: Path) -> None:
@@ -63,30 +71,30 @@ def test_spec_builds_and_the_image_matches_its_lock(builder: ImageBuilder, jde_t
     # When it is built
     result, op = build(builder, folder)
     # Then the image exists with the pinned version, and the lock lists exactly what is inside
-    assert result["built"] is True
-    assert "six==1.16.0" in result["lock"]["pip"]
-    assert any(p.startswith("ipykernel==") for p in result["lock"]["pip"])
-    assert result["lock"]["apt"][0].startswith("tini=")
-    assert image_pip_freeze(builder.engine, result["image"]) == sorted(result["lock"]["pip"])
+    assert result.built is True
+    assert "six==1.16.0" in result.lock.pip
+    assert any(p.startswith("ipykernel==") for p in result.lock.pip)
+    assert result.lock.apt[0].startswith("tini=")
+    assert venv_freeze(builder.engine, result.image) == sorted(result.lock.pip)
     lock_file = (folder / LOCK_FILE).read_text()
     assert "six==1.16.0" in lock_file
-    labels = builder.find_image(result["image"]).labels  # type: ignore[union-attr]
-    assert json.loads(labels[LABEL_LOCK]) == result["lock"]
-    assert labels[LABEL_ENV] == "demo"
+    labels = builder.find_image(result.image).labels  # type: ignore[union-attr]
+    assert json.loads(labels[L.LOCK]) == result.lock.to_json()
+    assert labels[L.ENV] == "demo"
     # and the folder is a plain build context: generated Dockerfile and whitelist .dockerignore
     assert (folder / "Dockerfile").read_text().startswith("# Generated by jupyter-docker-env")
     assert (folder / ".dockerignore").read_text().count("\n!") >= 2
     assert op.total_steps > 0
     assert op.step == op.total_steps
-    env = builder.engine.run_output(result["image"], ["sh", "-c", "echo $TZ; id -u"])
+    env = builder.engine.run_output(result.image, ["sh", "-c", "echo $TZ; id -u"])
     assert env.split()[0] == "UTC"
 
     # When it is built again unchanged, Then nothing is built and the answer is quick
     start = time.perf_counter()
     again, _ = build(builder, folder)
     took = time.perf_counter() - start
-    assert again["built"] is False
-    assert again["image_id"] == result["image_id"]
+    assert again.built is False
+    assert again.image_id == result.image_id
     print(f"unchanged rebuild took {took:.3f}s")
 
     # When one pip package is added, Then the system and kernel layers come from the cache
@@ -95,13 +103,13 @@ def test_spec_builds_and_the_image_matches_its_lock(builder: ImageBuilder, jde_t
         f'env = {{ TZ = "UTC", RUN = "{RUN}" }}\n'
     )
     added, op = build(builder, folder)
-    assert added["built"] is True
+    assert added.built is True
     log = "\n".join(op.log)
     apt_step = log[log.index("apt-get install") :]
     assert apt_step.split("\n", 2)[1].strip() == "---> Using cache"
     venv_step = log[log.index("python3 -m venv") :]
     assert "---> Using cache" in venv_step.split("Step", 1)[0]
-    assert "tabulate==0.9.0" in added["lock"]["pip"]
+    assert "tabulate==0.9.0" in added.lock.pip
 
     # When a step fails, Then the previous image stays usable and the failing step is named
     (folder / "docker-env.toml").write_text('pip = ["this-package-does-not-exist-jde==1.0"]\n')
@@ -112,7 +120,7 @@ def test_spec_builds_and_the_image_matches_its_lock(builder: ImageBuilder, jde_t
     assert "this-package-does-not-exist-jde" in str(err.value)
     latest = builder.find_image(builder.latest_ref("demo"))
     assert latest is not None
-    assert latest.id == added["image_id"]
+    assert latest.id == added.image_id
     assert "tabulate" in builder.engine.run_output(latest.id, ["pip", "list"])
 
 
@@ -122,9 +130,9 @@ def test_requirements_only_folder_builds(builder: ImageBuilder, jde_tmp: Path) -
     (folder / "requirements.txt").write_text("six==1.16.0\n")
     (folder / "data.csv").write_text("a,b\n1,2\n")
     result, _ = build(builder, folder)
-    assert "six==1.16.0" in result["lock"]["pip"]
+    assert "six==1.16.0" in result.lock.pip
     # the data file never reaches the image
-    out = builder.engine.run_output(result["image"], ["sh", "-c", "ls /opt/docker-env"])
+    out = builder.engine.run_output(result.image, ["sh", "-c", "ls /opt/docker-env"])
     assert "data.csv" not in out
 
 
@@ -136,8 +144,8 @@ def test_dockerfile_only_folder_builds_as_is(
     by_hand = f"# run {RUN}\nFROM {jde_base_image}\nRUN echo built-by-hand > /marker\n"
     (folder / "Dockerfile").write_text(by_hand)
     result, _ = build(builder, folder)
-    assert result["built"] is True
-    out = builder.engine.run_output(result["image"], ["cat", "/marker"])
+    assert result.built is True
+    out = builder.engine.run_output(result.image, ["cat", "/marker"])
     assert out.strip() == "built-by-hand"
     # the user's Dockerfile is left as it was
     assert (folder / "Dockerfile").read_text() == by_hand
@@ -159,7 +167,7 @@ def test_plain_docker_build_of_the_folder_builds_the_same_environment(
     )
     assert built.returncode == 0, built.stderr
     # Then they get the same packages
-    assert image_pip_freeze(builder.engine, tag) == sorted(result["lock"]["pip"])
+    assert venv_freeze(builder.engine, tag) == sorted(result.lock.pip)
     builder.engine.remove_image(tag, force=True)
 
 
@@ -177,22 +185,14 @@ def test_ca_bundle_setting_reaches_the_build(
     folder = make_env(jde_tmp, "ca", 'pip = ["tabulate==0.9.0"]\n')
     # When it builds, Then pip inside the build trusted the proxy and installed from PyPI
     result, _ = build(builder, folder, no_cache=True)
-    assert "tabulate==0.9.0" in result["lock"]["pip"]
-    conf = jde_engine.run_output(result["image"], ["cat", "/etc/pip.conf"])
+    assert "tabulate==0.9.0" in result.lock.pip
+    conf = jde_engine.run_output(result.image, ["cat", "/etc/pip.conf"])
     assert "docker-env-ca.crt" in conf
     # and the bundle is not part of the environment's identity
     no_ca = ImageBuilder(
         jde_engine, BuildSettings(default_base=jde_base_image, image_prefix=JDE_PREFIX)
     )
     assert no_ca.plan(folder).hash == builder.plan(folder).hash
-
-
-def test_from_lock_reproduces_the_locked_versions(builder: ImageBuilder, jde_tmp: Path) -> None:
-    folder = make_env(jde_tmp, "locked", 'pip = ["six"]\n')
-    first, _ = build(builder, folder)
-    again, _ = build(builder, folder, from_lock=True)
-    assert sorted(again["lock"]["pip"]) == sorted(first["lock"]["pip"])
-    assert again["spec_hash"] != first["spec_hash"]
 
 
 def test_unknown_base_fails_before_building(
@@ -215,7 +215,7 @@ def test_environment_yml_with_only_pip_dependencies_needs_no_conda(
         f"# run {RUN}\n"
     )
     result, _ = build(builder, folder)
-    assert "six==1.16.0" in result["lock"]["pip"]
+    assert "six==1.16.0" in result.lock.pip
 
 
 def test_conda_packages_on_a_base_without_conda_fail_with_what_to_do(
@@ -226,3 +226,163 @@ def test_conda_packages_on_a_base_without_conda_fail_with_what_to_do(
         build(builder, folder)
     assert "needs conda" in str(err.value)
     assert "continuumio/miniconda3" in str(err.value)
+
+
+def test_equal_specs_share_one_image(builder: ImageBuilder, jde_tmp: Path) -> None:
+    # Given four environments with the same spec under different names
+    toml = f'pip = ["six==1.16.0"]\nenv = {{ RUN = "{RUN}-shared" }}\n'
+    names = [f"share-{c}" for c in "abcd"]
+    folders = [make_env(jde_tmp, name, toml) for name in names]
+    # When all four are built
+    results: list[BuildResult] = []
+    seconds, logs = [], []
+    for folder in folders:
+        start = time.perf_counter()
+        result, op = build(builder, folder)
+        seconds.append(time.perf_counter() - start)
+        results.append(result)
+        logs.append(op.log)
+    print("one build, then three shares:", " ".join(f"{s:.2f}s" for s in seconds))
+    # Then one was built and three were tagged: one image, no build step after the first
+    first = results[0]
+    assert [r.built for r in results] == [True, False, False, False]
+    assert [r.shared_with for r in results] == [None, *["share-a"] * 3]
+    assert {r.image_id for r in results} == {first.image_id}
+    assert not [line for log in logs[1:] for line in log if line.startswith("Step ")]
+    assert max(seconds[1:]) < seconds[0]
+    same = builder.engine.images({L.SPEC_HASH: first.spec_hash})
+    assert len(same) == 1
+    tags = {f"{JDE_PREFIX}/{n}:{t}" for n in names for t in (first.spec_hash[:16], "latest")}
+    assert set(same[0]["RepoTags"]) == tags
+    # and each environment has its lock file and is listed under its own name
+    assert all((folder / LOCK_FILE).is_file() for folder in folders)
+    listed = {row.name: row.image_id for row in builder.catalog()}
+    assert all(listed[name] == first.image_id for name in names)
+    # When one of them is removed, Then the others keep the image
+    builder.remove("share-a")
+    kept = builder.find_image(builder.latest_ref("share-b"))
+    assert kept is not None
+    assert kept.id == first.image_id
+    assert "share-a" not in {row.name for row in builder.catalog()}
+
+
+def test_both_builders_show_progress_and_output_and_make_a_working_kernel_image(
+    builder_kind: ImageBuilder, jde_tmp: Path
+) -> None:
+    kind = builder_kind.engine.builder()
+    # Given an environment whose pip step must run (its requirements are new to the cache)
+    folder = jde_tmp / f"progress-{kind}"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text(f"tabulate==0.9.0\n# run {RUN} {kind}\n")
+    # When it is built, recording the progress a client polling the operation sees
+    seen: list[tuple[int, int]] = []
+    op = Operation(
+        env=folder.name,
+        kind="build",
+        listeners=[lambda o, _: seen.append((o.step, o.total_steps))],
+    )
+    result = builder_kind.build(folder, BuildOptions(), op)
+    # Then the log names the builder, then shows every step as "Step k/T : INSTRUCTION"
+    builder_name = "BuildKit" if kind == "buildkit" else "the legacy builder"
+    assert f"Building with {builder_name}" in op.log
+    steps = [line.split(" : ", 1) for line in op.log if line.startswith("Step ")]
+    total = int(steps[0][0].split("/")[1])
+    # (BuildKit reports the steps it finds in its cache as it finds them, in any order, and
+    # the log shows a step's header again when its output follows another step's)
+    assert {head for head, _ in steps} == {f"Step {k}/{total}" for k in range(1, total + 1)}
+    # and the progress moved step by step up to the last
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+    assert len({s for s, _ in seen}) >= total // 2
+    assert (op.step, op.total_steps) == (total, total)
+    # and the tools' own output is in the log, under its step
+    assert "Successfully installed tabulate-0.9.0" in step_lines(
+        op, "-r /opt/docker-env/requirements.txt"
+    )
+    # and the image carries every label, given as one LABEL instruction (a step of its own only
+    # on the legacy builder; BuildKit takes labels as build options)
+    label_steps = [instruction for _, instruction in steps if instruction.startswith("LABEL")]
+    assert len(label_steps) == (1 if kind == "legacy" else 0)
+    image = builder_kind.find_image(result.image)
+    assert image is not None
+    expected = {L.MANAGED, L.ENV, L.SPEC_HASH, L.GPU, L.RENDERER, L.LOCK}
+    assert expected <= set(image.labels)
+    # and its kernel starts and answers
+    answer = builder_kind.engine.run_output(result.image, ["python", "-c", KERNEL_ANSWERS])
+    assert answer.strip() == "42"
+    # When one package is added, Then its step runs again and the steps before come from cache
+    (folder / "requirements.txt").write_text(f"tabulate==0.9.0\nidna==3.7\n# run {RUN} {kind}\n")
+    _, op = build(builder_kind, folder)
+    assert step_lines(op, " ipykernel")[0] == "---> Using cache"
+    pip = step_lines(op, "-r /opt/docker-env/requirements.txt")
+    assert [line for line in pip if line.startswith("Successfully installed idna-3.7")]
+
+
+@pytest.mark.parametrize(
+    ("toml", "instruction", "tool_line"),
+    [
+        (
+            'apt = ["no-such-package-jde"]',
+            "apt-get install",
+            "E: Unable to locate package no-such-package-jde",
+        ),
+        (
+            'pip = ["no-such-package-jde==1.0"]',
+            "pip install",
+            "ERROR: No matching distribution found for no-such-package-jde==1.0",
+        ),
+    ],
+    ids=["apt", "pip"],
+)
+def test_a_failing_step_is_named_with_the_tools_own_error(
+    builder_kind: ImageBuilder, jde_tmp: Path, toml: str, instruction: str, tool_line: str
+) -> None:
+    folder = make_env(jde_tmp, "failing", toml + "\n")
+    with pytest.raises(OperationFailed) as err:
+        build(builder_kind, folder)
+    assert err.value.step is not None
+    assert err.value.step.startswith("Step ")
+    assert instruction in err.value.step
+    assert "no-such-package-jde" in err.value.step
+    assert tool_line in str(err.value).splitlines()
+
+
+def test_buildkit_never_downloads_twice_even_without_the_layer_cache(
+    jde_base_image: str, jde_tmp: Path
+) -> None:
+    engine = Engine(builder="buildkit")
+    builder = make_builder(engine, jde_base_image)
+
+    def requirements(*pip: str) -> None:
+        # A file new to the layer cache (this run's comment): its pip step runs
+        (folder / "requirements.txt").write_text("".join(f"{p}\n" for p in pip) + f"# {RUN}\n")
+
+    # Given an environment built, then built again without the layer cache: every step ran once
+    # at least, so the caches hold whatever it downloads
+    folder = make_env(jde_tmp, "caches", 'apt = ["tini"]\nrequirements = "requirements.txt"\n')
+    requirements("tabulate==0.9.0")
+    build(builder, folder)
+    build(builder, folder, no_cache=True)
+    # When one package is added
+    requirements("tabulate==0.9.0", "idna==3.7")
+    _, op = build(builder, folder)
+    # Then the layers before it come from the layer cache, and pip takes the wheel it had
+    assert step_lines(op, " ipykernel") == ["---> Using cache"]
+    added = step_lines(op, "-r /opt/docker-env/requirements.txt")
+    assert [line for line in added if line.startswith("File was already downloaded")]
+    assert [line for line in added if "tabulate-0.9.0-" in line and "already" in line]
+    assert not [line for line in added if "Downloading tabulate" in line]
+    # When everything is built again without the layer cache
+    _, op = build(builder, folder, no_cache=True)
+    # Then every RUN step ran (COPY steps copy the same files), and nothing was downloaded
+    # again: pip and apt used their caches
+    runs = {line.split(" : ", 1)[1] for line in op.log if " : RUN " in line}
+    assert len(runs) == 5
+    assert not [run for run in runs if "---> Using cache" in step_lines(op, run)]
+    assert not [line for line in op.log if line.startswith("Downloading ")]
+    reused = [line for line in op.log if line.startswith("File was already downloaded")]
+    assert len(reused) > 10
+    assert [line for line in reused if "/idna-3.7-" in line]
+    apt = step_lines(op, "apt-get install")
+    assert not [line for line in apt if line.startswith("Get:") and " tini " in line]
+    assert [line for line in apt if line.startswith("Need to get 0 B/")]
+    engine.close()

@@ -15,13 +15,14 @@ import pytest
 
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments import lock
-from jupyter_docker_env.environments.images import BuildSettings, ImageBuilder
+from jupyter_docker_env.environments.images import ImageBuilder
 from jupyter_docker_env.environments.spec import LOCK_FILE, SPEC_FILE
 from jupyter_docker_env.labels import LOCK as LABEL_LOCK
 from jupyter_docker_env.models import BuildOptions
 from jupyter_docker_env.operations import Operation, OperationFailed
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_REGISTRY_PASSWORD, JDE_REGISTRY_USER, jde_free_port
+from .builds import make_builder
+from .conftest import JDE_PREFIX, JDE_REGISTRY_PASSWORD, JDE_REGISTRY_USER, jde_free_port
 
 pytestmark = pytest.mark.docker
 
@@ -29,20 +30,6 @@ pytestmark = pytest.mark.docker
 # per-run value makes each run build anew while the engine's layer cache serves the pip layer.
 RUN = uuid.uuid4().hex[:8]
 ENV_PREFIX = "reg-"  # every environment here, so the module can sweep its images
-
-
-def make_builder(
-    engine: Engine, base: str, registry: str, auth: dict[str, str] | None = None
-) -> ImageBuilder:
-    assert CA_BUNDLE, "the host's CA bundle (PIP_CERT) is needed for builds to reach PyPI here"
-    settings = BuildSettings(
-        default_base=base,
-        ca_bundle=CA_BUNDLE,
-        image_prefix=JDE_PREFIX,
-        registry=registry,
-        registry_auth=auth,
-    )
-    return ImageBuilder(engine, settings)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -92,8 +92,11 @@ def test_rendered_dockerfile_layers_change_least_first(tmp_path: Path) -> None:
     assert "pip install --no-cache-dir pandas==2.2.3" in text
     assert "--mount" not in text
     # BuildKit's keeps pip's and apt's downloads in cache mounts, outside the image
-    cached = dockerfile.render(spec, tmp_path, cache_mounts=True)
-    assert "RUN --mount=type=cache,id=docker-env-pip,target=/root/.cache/pip" in cached
+    cached = dockerfile.render(spec, tmp_path, cache_id="docker-env")
+    assert "RUN --mount=type=cache,id=docker-env-pip,target=/var/cache/docker-env/pip" in cached
+    downloads = "/var/cache/docker-env/pip/downloads"
+    assert f"pip download --dest {downloads} pandas==2.2.3" in cached
+    assert f"pip install --no-index --find-links {downloads} pandas==2.2.3" in cached
     assert "--mount=type=cache,id=docker-env-apt," in cached
     assert "--no-cache-dir" not in cached
     assert "rm -rf /var/lib/apt/lists/*" not in cached

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import posixpath
 import re
@@ -196,6 +197,15 @@ class Policy:
     @property
     def shared(self) -> str:
         return f"{self.image_prefix}/{self.shared_namespace}"
+
+    def cache_id(self, namespace: str) -> str:
+        """The BuildKit cache namespace of one image namespace's builds (a build runs code as
+        root with its download caches writable: one user's must not reach another's)."""
+        tail = namespace.rpartition("/")[2]
+        cache = f"docker-env-{tail}"
+        if len(cache) <= 63:
+            return cache
+        return f"docker-env-{hashlib.sha256(tail.encode()).hexdigest()[:32]}"
 
     def network(self, who: Identity) -> str:
         return f"{self.network_prefix}-{user_key(who.name)}"

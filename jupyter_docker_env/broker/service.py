@@ -364,7 +364,7 @@ class Broker:
             extra_labels={**self.build_settings.extra_labels, L.HUB_USER: who.name},
             # a build runs code as root with its download caches writable: one user's builds
             # must not plant files that another user's builds install
-            cache_scope=intent.namespace.rpartition("/")[2],
+            cache_id=self.policy.cache_id(intent.namespace),
         )
         builder = ImageBuilder(self.engine, settings)
         limits = self.policy.limits_for(who)

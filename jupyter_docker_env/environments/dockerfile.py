@@ -11,6 +11,7 @@ any builder, so plain `docker build .` in the folder builds the same environment
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
@@ -19,22 +20,18 @@ from ..models import EnvSpec
 from .spec import CA_FILE, GENERATED_MARK, SPEC_FILE, conda_needed, environment_pip_deps
 
 # Bump whenever the rendered Dockerfile changes for the same spec: it is part of the image hash.
-RENDERER_VERSION = "2"
+RENDERER_VERSION = "3"
 VENV = "/opt/venv"
 INPUTS = "/opt/docker-env"
 CA_PATH = f"{INPUTS}/{CA_FILE}"
-CACHE = "/var/cache/docker-env"
-
-
-def _cache(name: str, target: str, scope: str) -> str:
-    """A BuildKit cache mount. Builds of one ``scope`` share it, and only they: a build runs
-    code as root with the mount writable, so the broker gives each hub user their own scope."""
-    scoped = f"docker-env-{name}" + (f"-{scope}" if scope else "")
-    return f"--mount=type=cache,id={scoped},target={target},sharing=locked"
-
-
-PIP_CACHE = _cache("pip", "/root/.cache/pip", "")  # the single-user server's own builds
-
+# BuildKit cache mounts: one folder per cache namespace holds pip's, apt's and conda's downloads.
+# The namespace is in both the mount ids and the paths, so a build's cache records say whose they
+# are (the benchmark prunes its own and nobody else's).
+DEFAULT_CACHE_ID = "docker-env"
+# BuildKit's --no-cache also empties the cache mounts; a new value of this build argument makes
+# every RUN step run again and keeps them.
+REBUILD_ARG = "DOCKER_ENV_REBUILD"
+_CACHE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 DOCKERIGNORE_HEADER = f"""{GENERATED_MARK}: the build context is only what the Dockerfile
 # copies, so data, .git, checkpoints and model files never reach the image.
@@ -59,58 +56,81 @@ def _quoted(items: tuple[str, ...] | list[str]) -> str:
 
 
 class _Renderer:
-    def __init__(self, cache_mounts: bool, cache_scope: str = "") -> None:
-        self.cache_mounts = cache_mounts
-        self.pip_cache = _cache("pip", "/root/.cache/pip", cache_scope)
-        # apt keeps its downloads out of /var/cache/apt, which Docker's official images clean
-        # after every install, and its package lists in their usual place.
-        self.apt_cache = (
-            f"{_cache('apt', f'{CACHE}/apt', cache_scope)} "
-            f"{_cache('apt-lists', '/var/lib/apt/lists', cache_scope)}"
+    """RUN lines for one flavour: with ``cache_id``, BuildKit cache mounts of that namespace keep
+    the downloads between builds; without, the portable flavour keeps none in the image."""
+
+    def __init__(self, cache_id: str | None) -> None:
+        if cache_id is not None and not _CACHE_ID.match(cache_id):
+            raise ValueError(f"cache namespace {cache_id!r}: lowercase letters, digits, . _ -")
+        self.cache_id = cache_id
+        self.cache = f"/var/cache/{cache_id}"
+
+    def mount(self, kind: str, target: str | None = None) -> str:
+        return (
+            f"--mount=type=cache,id={self.cache_id}-{kind},"
+            f"target={target or f'{self.cache}/{kind}'},sharing=locked"
         )
-        self.conda_cache = _cache("conda", f"{CACHE}/conda", cache_scope)
 
     def run(self, *commands: str, mounts: str = "") -> str:
-        prefix = f"RUN {mounts} " if self.cache_mounts and mounts else "RUN "
+        prefix = f"RUN {mounts} " if self.cache_id and mounts else "RUN "
         return prefix + " \\\n && ".join(commands) + "\n"
 
     def pip(self, args: str) -> str:
-        if self.cache_mounts:
-            return self.run(f"pip install {args}", mounts=self.pip_cache)
-        return self.run(f"pip install --no-cache-dir {args}")
+        if not self.cache_id:
+            return self.run(f"pip install --no-cache-dir {args}")
+        # pip's HTTP cache misses when a proxy strips the index's caching headers: download
+        # into a folder of the cache (pip skips files already there), then install from it.
+        downloads = f"{self.cache}/pip/downloads"
+        return self.run(
+            f"export PIP_CACHE_DIR={self.cache}/pip",
+            f"pip download --dest {downloads} {args}",
+            f"pip install --no-index --find-links {downloads} {args}",
+            mounts=self.mount("pip"),
+        )
 
     def apt(self, packages: tuple[str, ...]) -> str:
         install = "apt-get install -y --no-install-recommends"
-        if not self.cache_mounts:
+        if not self.cache_id:
             return self.run(
                 "apt-get update", f"{install} {_quoted(packages)}", "rm -rf /var/lib/apt/lists/*"
             )
+        # Downloads go to the cache, out of /var/cache/apt that Docker's official images clean
+        # after every install; the package lists stay in their usual place, also cached.
         return self.run(
-            f"mkdir -p {CACHE}/apt/partial",
+            f"mkdir -p {self.cache}/apt/partial",
             "apt-get update",
-            f"{install} -o Dir::Cache::Archives={CACHE}/apt {_quoted(packages)}",
-            mounts=self.apt_cache,
+            f"{install} -o Dir::Cache::Archives={self.cache}/apt {_quoted(packages)}",
+            mounts=f"{self.mount('apt')} {self.mount('apt-lists', '/var/lib/apt/lists')}",
         )
 
     def conda(self, command: str) -> str:
-        if self.cache_mounts:
-            return self.run(f"CONDA_PKGS_DIRS={CACHE}/conda {command}", mounts=self.conda_cache)
+        if self.cache_id:
+            return self.run(
+                f"CONDA_PKGS_DIRS={self.cache}/conda {command}", mounts=self.mount("conda")
+            )
         return self.run(command, "conda clean -afy")
+
+
+# The environments' pip cache where plain `pip install` looks (serving images build that way).
+PIP_CACHE = _Renderer(DEFAULT_CACHE_ID).mount("pip", "/root/.cache/pip")
 
 
 def render(
     spec: EnvSpec,
     folder: Path,
     *,
-    cache_mounts: bool = False,
-    cache_scope: str = "",
+    cache_id: str | None = None,
     labels: dict[str, str] | None = None,
+    locked: bool = False,
 ) -> str:
     """The Dockerfile for a spec-kind environment (Dockerfile-kind folders are used as is).
 
-    ``labels`` become one LABEL instruction (the legacy builder makes a step of each ``--label``).
+    ``cache_id``: the BuildKit flavour, with cache mounts of that namespace; None: the portable
+    one. ``labels`` become one LABEL instruction (the legacy builder makes a step of each
+    ``--label``). ``locked``: ``spec.pip`` is a whole lock (``--from-lock``), installed in one
+    step, so that nothing but its exact versions ends up in the venv.
     """
-    r = _Renderer(cache_mounts, cache_scope)
+    r = _Renderer(cache_id)
     source = SPEC_FILE if spec.kind == "spec" else (spec.requirements or spec.environment)
     base, apt = spec.base, spec.apt
     out = [
@@ -122,6 +142,7 @@ def render(
         "ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1\n",
         # The index comes from the builder's configuration, never from the spec.
         "ARG PIP_INDEX_URL\n",
+        *([f"ARG {REBUILD_ARG}\n"] if cache_id else []),
         # .dockerignore always exists, so the copy succeeds with or without a CA bundle.
         f"COPY .dockerignore {CA_FILE[:-1]}[{CA_FILE[-1]}] {INPUTS}/\n",
         r.run(
@@ -155,7 +176,18 @@ def render(
         )
     )
     out.append(f"ENV VIRTUAL_ENV={VENV} PATH={VENV}/bin:$PATH\n")
-    out.append(r.pip("ipykernel"))
+    # A lock is installed whole in one step, so nothing but its exact versions is in the venv.
+    out += [r.pip(_quoted(spec.pip))] if locked else _pip_steps(r, spec, folder)
+    if spec.env:
+        out.append("ENV " + " ".join(f"{k}={shlex.quote(v)}" for k, v in spec.env.items()) + "\n")
+    if labels:
+        out.append(label_instruction(labels))
+    return "".join(out)
+
+
+def _pip_steps(r: _Renderer, spec: EnvSpec, folder: Path) -> list[str]:
+    """ipykernel first (cached with the system), then the environment's own packages."""
+    out = [r.pip("ipykernel")]
     if spec.environment and not conda_needed(spec, folder):
         # An environment.yml with only python/pip dependencies needs no conda.
         pip_deps = environment_pip_deps(folder, spec.environment)
@@ -166,11 +198,7 @@ def render(
         out.append(r.pip(f"-r {INPUTS}/{spec.requirements}"))
     if spec.pip:
         out.append(r.pip(_quoted(spec.pip)))
-    if spec.env:
-        out.append("ENV " + " ".join(f"{k}={shlex.quote(v)}" for k, v in spec.env.items()) + "\n")
-    if labels:
-        out.append(label_instruction(labels))
-    return "".join(out)
+    return out
 
 
 # Run with the image's python: every distribution the kernel can import, and where it lives.
@@ -184,7 +212,7 @@ for dist in md.distributions():
         continue  # the first on sys.path is the one that imports
     where = str(getattr(dist, "_path", "") or "")
     seen[key] = {"name": name, "version": dist.version,
-                 "venv": sys.prefix != sys.base_prefix and where.startswith(sys.prefix)}
+                 "venv": sys.prefix != sys.base_prefix and where.startswith(sys.prefix + os.sep)}
 print(json.dumps(sorted(seen.values(), key=lambda d: d["name"].lower())))
 """
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import shlex
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +58,7 @@ class BuildSettings:
     registry_auth: dict[str, str] | None = None
     owner: str = ""
     extra_labels: dict[str, str] = field(default_factory=dict)
-    #: Separates BuildKit's download caches (see dockerfile.render); "": one for all builds.
-    cache_scope: str = ""
+    cache_id: str = dockerfile.DEFAULT_CACHE_ID  # BuildKit cache mounts' namespace
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Plan:
     spec: EnvSpec
     hash: str  # "" when the base image is not on the engine yet (unknown until pulled)
     base: BaseImage | None  # None for a Dockerfile-kind folder
+    locked: Lock | None = None  # the lock that ``spec`` is pinned to (``--from-lock``)
 
     @property
     def short_hash(self) -> str:
@@ -122,11 +124,13 @@ class ImageBuilder:
                 f"{folder} has both {SPEC_FILE} and a hand-written Dockerfile; remove one "
                 "(a Dockerfile is used as is when there is no spec)",
             )
+        locked = None
         if from_lock:
             found = lock.read(folder)
             if found is None:
                 raise SpecError(LOCK_FILE, "there is no lock yet: build once without from_lock")
-            spec = lock.pin(spec, found[0])
+            locked = found[0]
+            spec = lock.pin(spec, locked)
         assert spec.base is not None
         if resolve_base:
             base_id = self._base_id(spec.base, op)
@@ -134,9 +138,13 @@ class ImageBuilder:
             base_id = base_ids[spec.base]
         else:
             base_id = self.present_base_id(spec.base)
+        if locked is not None and base_id:
+            lock.check_base(locked, base_id)
         inputs = {f: files.read_bytes(folder, f) for f in dockerfile.input_files(spec)}
-        digest = spec_hash(spec, base_id, dockerfile.RENDERER_VERSION, inputs) if base_id else ""
-        return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id))
+        # A locked build renders another Dockerfile for the same spec (the lock in one step).
+        renderer = dockerfile.RENDERER_VERSION + ("-locked" if locked else "")
+        digest = spec_hash(spec, base_id, renderer, inputs) if base_id else ""
+        return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id), locked)
 
     def present_base_id(self, ref: str) -> str:
         """The id of a base image that is on the engine, "" when it is not (nothing pulled)."""
@@ -173,32 +181,39 @@ class ImageBuilder:
         return self.engine.images(reference=self.repository(name))
 
     def image_with_hash(self, spec_hash_: str) -> ImageInfo | None:
-        """An image of this prefix built from the same content hash, for any environment."""
+        """An image of this prefix and owner built from the same content hash, for any
+        environment (equal specs share one image)."""
         prefix = f"{self.settings.image_prefix}/"
-        for summary in self.engine.images({L.MANAGED: "true", L.SPEC_HASH: spec_hash_}):
+        wanted: dict[str, str | None] = {L.MANAGED: "true", L.SPEC_HASH: spec_hash_}
+        if self.settings.owner:
+            wanted[L.OWNER] = self.settings.owner
+        for summary in self.engine.images(wanted):
             tags = [t for t in summary.get("RepoTags") or [] if t.startswith(prefix)]
             if tags:
                 return self.find_image(tags[0])
         return None
 
     def catalog(self) -> list[CatalogImage]:
-        """Every image of this prefix on the engine, by environment, newest first."""
+        """Every image of this prefix on the engine, by environment, newest first; an image
+        that environments with equal specs share is listed under each of them."""
         prefix = f"{self.settings.image_prefix}/"
         rows = []
         for summary in self.engine.images({L.MANAGED: "true"}):
-            tags = tuple(t for t in summary.get("RepoTags") or [] if t.startswith(prefix))
-            if not tags:
-                continue
-            rows.append(
+            by_env: dict[str, list[str]] = {}
+            for tag in summary.get("RepoTags") or []:
+                if tag.startswith(prefix):
+                    by_env.setdefault(tag[len(prefix) :].rpartition(":")[0], []).append(tag)
+            rows += [
                 CatalogImage(
-                    name=tags[0][len(prefix) :].rpartition(":")[0],
+                    name=name,
                     image_id=str(summary["Id"]),
-                    tags=tags,
+                    tags=tuple(tags),
                     size=int(summary.get("Size") or 0),
                     created=int(summary.get("Created") or 0),
                     gpu=(summary.get("Labels") or {}).get(L.GPU) == "true",
                 )
-            )
+                for name, tags in by_env.items()
+            ]
         return sorted(rows, key=lambda r: (r.name, -r.created))
 
     def remove(self, name: str) -> list[CatalogImage]:
@@ -227,7 +242,8 @@ class ImageBuilder:
         op.emit(f"Environment {plan.spec.name}: image {ref}")
         if plan.spec.kind != "dockerfile" and files.writable(plan.folder):
             # Keep the folder a plain build context: the files a colleague's `docker build` needs.
-            files.write_text(plan.folder, "Dockerfile", dockerfile.render(plan.spec, folder))
+            portable = dockerfile.render(plan.spec, folder, locked=plan.locked is not None)
+            files.write_text(plan.folder, "Dockerfile", portable)
             files.write_text(plan.folder, ".dockerignore", dockerfile.dockerignore(plan.spec))
         if not options.no_cache:
             if (existing := self.find_image(ref)) is not None:
@@ -247,10 +263,13 @@ class ImageBuilder:
     def _build_new(
         self, plan: Plan, options: BuildOptions, op: Operation, spec: EnvSpec | None = None
     ) -> BuildResult:
-        """Build the plan's image (from ``spec`` instead of the plan's, when given), record its
-        lock and tag it."""
+        """Build the plan's image (from ``spec``, a whole lock's exact versions, instead of the
+        plan's, when given), record its lock and tag it."""
         ref = self.image_ref(plan)
-        builder = self.engine.builder()
+        try:
+            builder = self.engine.builder()
+        except EngineError as exc:
+            raise OperationFailed(str(exc), step="builder") from exc
         op.emit(f"Building with {'BuildKit' if builder == 'buildkit' else 'the legacy builder'}")
         image_id = self._run_build(plan, options, builder, op, spec)
         op.emit("Recording the exact versions (lock)")
@@ -277,6 +296,9 @@ class ImageBuilder:
                 f"the base image {plan.base.image} changed during the build: build again",
                 step="lock",
             )
+        if plan.locked is not None and plan.locked.base is not None:
+            # Built FROM the lock's digest: keep the name the spec gives the base.
+            return replace(found, image=plan.locked.base.image)
         return found
 
     def image_labels(self, plan: Plan) -> dict[str, str]:
@@ -322,23 +344,26 @@ class ImageBuilder:
                 text = dockerfile.render(
                     spec or plan.spec,
                     plan.folder,
-                    cache_mounts=buildkit,
-                    cache_scope=self.settings.cache_scope,
+                    cache_id=self.settings.cache_id if buildkit else None,
                     labels=None if buildkit else labels,
+                    locked=plan.locked is not None or spec is not None,
                 )
             path = Path(tmp) / "Dockerfile"
             path.write_text(text)
-            buildargs = (
-                {"PIP_INDEX_URL": self.settings.pip_index_url}
-                if self.settings.pip_index_url
-                else None
-            )
+            buildargs = {}
+            if self.settings.pip_index_url:
+                buildargs["PIP_INDEX_URL"] = self.settings.pip_index_url
+            nocache = options.no_cache
+            if nocache and buildkit and plan.spec.kind != "dockerfile":
+                # Run every step again, but keep the downloads in the cache mounts.
+                buildargs[dockerfile.REBUILD_ARG] = uuid.uuid4().hex
+                nocache = False
             events = self.engine.build(
                 str(context),
                 str(path),
                 builder,
                 labels=labels if buildkit else None,
-                nocache=options.no_cache,
+                nocache=nocache,
                 buildargs=buildargs,
             )
             return self._follow(events, op)
@@ -361,6 +386,11 @@ class ImageBuilder:
             (context / CA_FILE).write_bytes(Path(ca).read_bytes())  # the admin's, not the user's
 
     def _follow(self, events: Iterator[Any], op: Operation) -> str:
+        """Log the build's events and progress; its image id, or OperationFailed naming the
+        failing step and the tool's own error lines (pip's ERROR:, apt's E:)."""
+        steps: dict[int, str] = {}  # "Step k/T: INSTRUCTION"
+        output: dict[int, deque[str]] = {}  # the last lines of each step
+        shown = 0  # the step the log shows a header of last
         current = None
         image_id = None
         try:
@@ -369,17 +399,25 @@ class ImageBuilder:
                     events.close()  # type: ignore[attr-defined]
                     op.check_cancelled()
                 if event.kind == "step":
-                    op.set_step(event.step, event.total)
-                    current = f"Step {event.step}/{event.total}: {event.text}"
-                    op.emit(f"Step {event.step}/{event.total} : {event.text}")
+                    # BuildKit may report cached steps out of order: progress never goes back
+                    op.set_step(max(op.step, event.step), event.total)
+                    current = steps[event.step] = f"Step {event.step}/{event.total}: {event.text}"
+                    shown = event.step
+                    op.emit(_header(current))
                 elif event.kind == "line":
+                    if event.step != shown and event.step in steps:
+                        # BuildKit interleaves steps: a line is always logged under its own step
+                        shown = event.step
+                        op.emit(_header(steps[shown]))
+                    output.setdefault(event.step, deque(maxlen=200)).append(event.text)
                     op.emit(event.text)
                 elif event.kind == "error":
-                    reason = _reason(op.log)
+                    failed = steps.get(event.step, current)
+                    reason = _reason(output.get(event.step, ()))
                     raise OperationFailed(
-                        f"{current or 'The build'} failed: {event.text}"
+                        f"{failed or 'The build'} failed: {event.text}"
                         + (f"\n{reason}" if reason else ""),
-                        step=current,
+                        step=failed,
                     )
                 elif event.kind == "image":
                     image_id = event.text
@@ -601,10 +639,15 @@ def image_info(data: dict[str, Any], ref: str) -> ImageInfo:
     )
 
 
-def _reason(log: list[str]) -> str:
-    """The tool's own error lines (pip's ERROR:, apt's E:) from the end of a build log."""
-    tail = log[-60:]
-    return "\n".join(line for line in tail if line.startswith(("ERROR:", "E: ", "error:")))
+def _header(step: str) -> str:
+    """A step's log line, as Docker's legacy builder writes it: "Step k/T : INSTRUCTION"."""
+    return step.replace(": ", " : ", 1)
+
+
+def _reason(lines: Iterable[str]) -> str:
+    """The tools' own error lines (pip's ERROR:, apt's E:, the Dockerfile's own checks)."""
+    errors = ("ERROR:", "E: ", "error:", "docker-env:")
+    return "\n".join(line for line in lines if line.startswith(errors))
 
 
 def _context_tree(folder: Path) -> dict[str, files.Entry]:

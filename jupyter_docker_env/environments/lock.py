@@ -28,8 +28,9 @@ HEADER = (
 )
 
 
-def apt_names(spec: EnvSpec) -> list[str]:
-    return [re.split(r"[=:]", a, maxsplit=1)[0] for a in spec.apt]
+def apt_name(package: str) -> str:
+    """``name`` of ``name``, ``name=version`` or ``name:arch``."""
+    return re.split(r"[=:]", package, maxsplit=1)[0]
 
 
 def base_of(engine: Engine, ref: str) -> BaseImage:
@@ -46,12 +47,12 @@ def base_of(engine: Engine, ref: str) -> BaseImage:
 
 def capture(engine: Engine, image_id: str, spec: EnvSpec, base: BaseImage | None) -> Lock:
     """Run the image (and its base, to tell what came from it) and record what is inside."""
-    dists, conda, apt = _inventory(engine, image_id, apt_names(spec))
+    dists, conda, apt = _inventory(engine, image_id, [apt_name(a) for a in spec.apt])
     in_base: set[str] = set()
     if base is not None and base.id:
         try:
             base_dists, _, _ = _inventory(engine, base.id, [])
-        except EngineError:  # a base without a shell: nothing of it is importable Python
+        except EngineError:  # a base without a shell or Python: nothing of it is importable
             base_dists = []
         in_base = {f"{d['name']}=={d['version']}" for d in base_dists}
     pip, pip_system, pip_base = [], [], []
@@ -81,12 +82,13 @@ def _inventory(
     conda, _, apt_out = rest.partition("--- apt")
     try:
         dists = json.loads(python.strip() or "[]")
-    except ValueError:
-        dists = []
+    except ValueError as exc:
+        raise EngineError(f"reading the Python distributions of {image} failed: {out!r}") from exc
     return (
         dists,
         [line.strip() for line in conda.splitlines() if line.strip()],
-        [line.strip() for line in apt_out.splitlines() if line.strip()],
+        # dpkg-query also names packages that were removed but not purged: no version
+        [p for line in apt_out.splitlines() if (p := line.strip()) and not p.endswith("=")],
     )
 
 
@@ -124,13 +126,35 @@ def to_label(lock: Lock) -> str:
 
 
 def pin(spec: EnvSpec, lock: Lock) -> EnvSpec:
-    """The spec that rebuilds exactly ``lock``: its base by digest, pip and apt by version."""
+    """The spec that rebuilds exactly ``lock``: its base by digest, pip and apt by version.
+
+    Build it with ``dockerfile.render(..., locked=True)``: the lock's pip list is whole.
+    """
     if not lock.pip:
         raise SpecError(LOCK_FILE, "there is no lock yet: build once without from_lock")
     versions = dict(entry.split("=", 1) for entry in lock.apt if "=" in entry)
     apt = tuple(
-        f"{name}={versions[name]}" if (name := a.split("=", 1)[0]) in versions else a
+        # name[:arch]=version
+        f"{a.split('=', 1)[0]}={versions[name]}" if (name := apt_name(a)) in versions else a
         for a in spec.apt
     )
     base = lock.base.pinned if lock.base and spec.base else spec.base
     return spec.pinned(pip=lock.pip, apt=apt, base=base)
+
+
+def check_base(lock: Lock, base_id: str) -> None:
+    """SpecError unless ``base_id`` is the base image that ``lock`` was built on."""
+    if lock.base is None or not lock.base.id or lock.base.id == base_id:
+        return
+    if lock.base.digest:
+        why = f"{lock.base.digest} is image {base_id[:19]} on this engine"
+    else:
+        why = (
+            f"{lock.base.image} now names image {base_id[:19]}, and the lock has no digest to "
+            "find the old one by (the base never came from a registry)"
+        )
+    raise SpecError(
+        "base",
+        f"the lock was built on base image {lock.base.id[:19]}, but {why}. Build without "
+        "from_lock to lock the new base, or tag the old image as the base again",
+    )
