@@ -52,9 +52,17 @@ class Cli:
             "DOCKER_CONFIG": str(self.docker_config),
         }
 
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(
+        self, *args: str, ok: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [CLI, *args], env=self.env, capture_output=True, text=True, timeout=600, check=False
+            [CLI, *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         if ok:
             assert proc.returncode == 0, f"`{' '.join(args)}` failed:\n{proc.stderr}"

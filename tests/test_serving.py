@@ -325,7 +325,8 @@ def test_handler_model_and_options_are_checked_before_anything_is_built(tmp_path
         ("serve.py:nope", "defines no function nope"),
         ("bad.py:predict", "bad.py, line 1"),
         ("json.py:predict", "rename json.py"),
-        ("missing.py:predict", "is not a Python file"),
+        ("missing.py:predict", "missing.py does not exist"),
+        ("model.bin:predict", "model.bin is not a Python file"),
         ("../serve.py:predict", "outside the workspace"),
     ):
         with pytest.raises(FieldError, match=words) as err:

@@ -65,6 +65,8 @@ READY_TIMEOUT = 120.0
 #: Seconds between a start and the refill it causes (the new kernel initializes meanwhile).
 REFILL_DELAY = 1.0
 _MAX_CLAIM = 60 * 1024  # bytes: a claim must fit the pipe's buffer
+# The server (often root) opens the pipe itself, never a link put in its place.
+_CLAIM_OPEN = os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW
 log = logging.getLogger(__name__)
 
 # The container's command: `PYTHON -c LAUNCHER PIPE MODULE PRELOAD...`.
@@ -417,7 +419,7 @@ class PooledLocalBackend(LocalBackend):
         checks = 0
         while not pool.closed:
             try:
-                os.close(os.open(warm.folder / CLAIM_PIPE, os.O_WRONLY | os.O_NONBLOCK))
+                os.close(os.open(warm.folder / CLAIM_PIPE, _CLAIM_OPEN))
                 return  # the launcher reads its end: it waits for a claim now
             except OSError as exc:
                 if exc.errno != errno.ENXIO:
@@ -496,7 +498,7 @@ async def _deliver(pipe: Path, payload: bytes) -> None:
     """Write the claim into the launcher's pipe (it reads until we close our end)."""
     for _ in range(10):
         try:
-            fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+            fd = os.open(pipe, _CLAIM_OPEN)
             break
         except OSError as exc:
             # ENXIO: no reader; a launcher reopens its end right after a readiness probe

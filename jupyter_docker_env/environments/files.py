@@ -8,9 +8,10 @@ the environment folders, so every file it reads or writes in one goes through he
   planted anywhere on the way, even between a check and a use, makes the open fail instead of
   leading out of the folder.
 - **Only regular files are read**, up to a size: a FIFO or a device would hang or flood the server.
+  Large files (models) are streamed in chunks, hashed as they are copied, never held whole.
 - **Never as root where the owner could not.** Running as root, the server reads only what the
-  folder's owner could read, writes only where that owner could write, and what it writes
-  belongs to that owner.
+  folder's owner could read (through folders they could enter and list), writes only where that
+  owner could write, and what it writes belongs to that owner.
 - **Atomic writes.** A file is written under a fresh temporary name and renamed over the old
   one: a link planted under the same name is replaced, never written through, and a failed
   write leaves the old file whole.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 import shutil
@@ -36,8 +38,10 @@ NAME_MAX = 255  # bytes in one file name (Linux)
 # Folders on the way are opened as paths only: search permission suffices, as for any path.
 _DIR = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-NO_LINKS = "links in environment folders are never followed: put the file itself there instead"
+CHUNK = 1024**2
+NO_LINKS = "links are never followed: put the file itself there instead"
 
 
 class FileRefused(FieldError):
@@ -90,14 +94,21 @@ def _step(fd: int, part: str, field: str, subject: str = "") -> int:
 
 
 @contextlib.contextmanager
-def _walk(fd: int, parts: list[str], field: str, subject: str = "") -> Iterator[int]:
-    """A descriptor of the folder ``parts`` below ``fd``, each step without following a link."""
+def _walk(
+    fd: int, parts: list[str], field: str, subject: str = "", owner: os.stat_result | None = None
+) -> Iterator[int]:
+    """A descriptor of the folder ``parts`` below ``fd``, each step without following a link
+    (and, given the ``owner`` the server acts for, only through folders that owner may enter)."""
     fd = os.dup(fd)
     try:
         for part in parts:
             new = _step(fd, part, field, subject)
             os.close(fd)
             fd = new
+            if owner is not None and _as_root() and not _owner_may(os.fstat(fd), owner, os.X_OK):
+                raise FileRefused(
+                    field, f"cannot be reached: the folder's owner may not enter {part}"
+                )
         yield fd
     finally:
         os.close(fd)
@@ -122,18 +133,18 @@ def _parent(folder: Path, name: str) -> Iterator[tuple[int, str, os.stat_result]
     """The folder that holds ``name`` (a path inside ``folder``), its last component, and the
     stat of ``folder`` itself (its owner stands for the user)."""
     parts = _parts(name)
-    with _folder(folder) as (top, owner), _walk(top, parts[:-1], name) as fd:
+    with _folder(folder) as (top, owner), _walk(top, parts[:-1], name, owner=owner) as fd:
         yield fd, parts[-1], owner
 
 
-def _owner_may_read(st: os.stat_result, owner: os.stat_result) -> bool:
-    """Could the folder's owner read a file with this stat? (Only asked when running as root;
-    otherwise the kernel has already checked.)"""
+def _owner_may(st: os.stat_result, owner: os.stat_result, access: int = os.R_OK) -> bool:
+    """Could the folder's owner ``access`` (os.R_OK, os.X_OK or both) what has this stat? (Only
+    asked when running as root; otherwise the kernel has already checked.) Their own files they
+    could always chmod."""
     if owner.st_uid == 0 or st.st_uid == owner.st_uid:
         return True
-    if st.st_gid == owner.st_gid:
-        return bool(st.st_mode & stat.S_IRGRP)
-    return bool(st.st_mode & stat.S_IROTH)
+    shift = 3 if st.st_gid == owner.st_gid else 0
+    return (st.st_mode >> shift) & access == access
 
 
 def _owner_may_write(owner: os.stat_result) -> bool:
@@ -186,14 +197,19 @@ def writable(folder: Path) -> bool:
 
 
 # -- reading ---------------------------------------------------------------------------------
-def _read_open(fd: int, name: str, owner: os.stat_result, limit: int | None) -> bytes:
+def _readable(fd: int, name: str, owner: os.stat_result) -> None:
+    """Refuse the open ``fd`` unless it is a regular file that the folder's owner could read."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         raise FileRefused(name, "is not a regular file")
-    if _as_root() and not _owner_may_read(st, owner):
+    if _as_root() and not _owner_may(st, owner):
         raise FileRefused(name, "cannot be read: the folder's owner may not read it")
+
+
+def _read_open(fd: int, name: str, owner: os.stat_result, limit: int | None) -> bytes:
+    _readable(fd, name, owner)
     chunks, size = [], 0
-    while chunk := os.read(fd, 1024**2):
+    while chunk := os.read(fd, CHUNK):
         size += len(chunk)
         if limit is not None and size > limit:
             raise FileRefused(name, f"is larger than {limit // 1024**2} MiB")
@@ -219,6 +235,93 @@ def read_text(folder: Path, name: str, limit: int | None = MAX_INPUT) -> str:
         return read_bytes(folder, name, limit).decode()
     except UnicodeDecodeError as exc:
         raise FileRefused(name, f"is not UTF-8 text: {exc}") from exc
+
+
+# -- large files (models): streamed, hashed while copied ----------------------------------------
+@dataclass(frozen=True)
+class Streamed:
+    """One regular file that :func:`stream` read: its path below the name it was given ("" for
+    that file itself), its sha256 (hex) and its size."""
+
+    path: str
+    digest: str
+    size: int
+
+
+def stream(folder: Path, name: str, dest: Path | None = None) -> list[Streamed]:
+    """Hash the regular file ``name`` (a path inside ``folder``), or every regular file below
+    the folder ``name``, in chunks (never whole in memory) and, given ``dest`` (a path that does
+    not exist yet in a private folder of the server's own), copy it there as it is read.
+
+    Nothing is followed: a link anywhere, or anything but files and folders, is refused, naming
+    it. As root, only what the folder's owner could read, in folders they could list. Files come
+    in the order of their sorted paths; copies are readable by anyone (0644, folders 0755), what
+    an image's unprivileged user needs.
+    """
+    found: list[Streamed] = []
+    with _parent(folder, name) as (top, last, owner):
+        pending = [[last]]  # what is left to read, as paths below ``top``
+        while pending:
+            parts = pending.pop()
+            below = "/".join(parts[1:])
+            field = f"{name}/{below}" if below else name
+            target = dest.joinpath(*parts[1:]) if dest is not None else None
+            with _walk(top, parts[:-1], field) as fd:
+                try:
+                    st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        children = _list(fd, parts[-1], field, owner)
+                        if target is not None:
+                            target.mkdir()
+                            target.chmod(0o755)
+                        pending += [[*parts, child] for child in reversed(children)]
+                    elif stat.S_ISREG(st.st_mode):
+                        found.append(
+                            Streamed(below, *_copy_out(fd, parts[-1], field, owner, target))
+                        )
+                    elif stat.S_ISLNK(st.st_mode):
+                        raise FileRefused(field, f"is a symbolic link: {NO_LINKS}", errno.ELOOP)
+                    else:
+                        raise FileRefused(field, "is not a regular file or a folder")
+                except OSError as exc:
+                    raise _refused(field, exc) from exc
+    return found
+
+
+def _list(dir_fd: int, name: str, field: str, owner: os.stat_result) -> list[str]:
+    """The sorted entries of the folder ``name`` below ``dir_fd``, if its owner could list it."""
+    fd = os.open(name, _LIST, dir_fd=dir_fd)
+    try:
+        if _as_root() and not _owner_may(os.fstat(fd), owner, os.R_OK | os.X_OK):
+            raise FileRefused(field, "cannot be read: the folder's owner may not list it")
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def _copy_out(
+    dir_fd: int, name: str, field: str, owner: os.stat_result, target: Path | None
+) -> tuple[str, int]:
+    """The sha256 and size of the regular file ``name`` below ``dir_fd``, copied to ``target``."""
+    fd = os.open(name, _READ, dir_fd=dir_fd)
+    out = None
+    try:
+        _readable(fd, field, owner)
+        if target is not None:
+            out = os.open(target, _CREATE, 0o644)
+            os.fchmod(out, 0o644)
+        digest, size = hashlib.sha256(), 0
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            view = memoryview(chunk)
+            while out is not None and view:
+                view = view[os.write(out, view) :]
+        return digest.hexdigest(), size
+    finally:
+        os.close(fd)
+        if out is not None:
+            os.close(out)
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -283,9 +386,10 @@ def write_text(folder: Path, name: str, text: str) -> bool:
     return write_bytes(folder, name, text.encode())
 
 
-def make_folder(base: Path, name: str) -> Path:
+def make_folder(base: Path, name: str, exist_ok: bool = False) -> Path:
     """Create the folder ``name`` (a path inside ``base``) and any missing folder on the way,
-    each owned by the owner of the folder it is made in; FileExistsError if the last exists."""
+    each owned by the owner of the folder it is made in; FileExistsError if the last exists
+    (unless ``exist_ok``; something other than a folder there is refused all the same)."""
     parts = _parts(name)
     with _folder(base) as (top, owner), _walk(top, [], name) as start:
         fd = os.dup(start)
@@ -298,7 +402,7 @@ def make_folder(base: Path, name: str) -> Path:
                     if _as_root():
                         os.chown(part, owner.st_uid, owner.st_gid, dir_fd=fd, follow_symlinks=False)
                 except FileExistsError:
-                    if i == len(parts) - 1:
+                    if i == len(parts) - 1 and not exist_ok:
                         raise
                 new = _step(fd, part, name)
                 os.close(fd)
@@ -307,6 +411,28 @@ def make_folder(base: Path, name: str) -> Path:
         finally:
             os.close(fd)
     return base.joinpath(*parts)
+
+
+def rename(folder: Path, name: str, dest: Path) -> None:
+    """Move ``name`` from directly in ``folder`` to directly in ``dest``, reaching both without
+    following a link; FileExistsError when ``dest`` holds that name already."""
+    if "/" in name:
+        raise FileRefused(name, "must be a name directly in the folder")
+    _parts(name)
+    with _folder(folder) as (src, _owner), _folder(dest) as (dst, owner):
+        if not _owner_may_write(owner):
+            raise FileRefused(name, f"cannot be moved: the owner of {dest} may not write there")
+        try:
+            os.stat(name, dir_fd=dst, follow_symlinks=False)
+            raise FileExistsError(errno.EEXIST, "already exists", str(dest / name))
+        except FileNotFoundError:
+            pass
+        try:
+            os.rename(name, name, src_dir_fd=src, dst_dir_fd=dst)
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:  # made meanwhile
+                raise FileExistsError(errno.EEXIST, "already exists", str(dest / name)) from exc
+            raise _refused(name, exc) from exc
 
 
 def remove_folder(folder: Path) -> None:

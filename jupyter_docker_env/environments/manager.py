@@ -173,6 +173,8 @@ class EnvironmentManager(LoggingConfigurable):
         found: dict[str, Location] = {}
         for readonly, dirs in ((True, self.shared_env_dirs), (False, self.env_dirs)):
             for parent in dirs:
+                if os.path.realpath(parent) != str(parent):
+                    continue  # made a link since the start (they were resolved): not followed
                 try:
                     entries = sorted(os.scandir(parent), key=lambda e: e.name)
                 except OSError:
@@ -427,8 +429,8 @@ class EnvironmentManager(LoggingConfigurable):
             raise SpecError(
                 "from_path", f"{shown(path)} must be one of: {', '.join(sorted(CREATE_FROM))}"
             )
-        try:
-            return source, files.read_bytes(source.parent, source.name)
+        try:  # from the workspace: its owner, not the file's folder's, stands for the user
+            return source, files.read_bytes(self.root_dir, str(source.relative_to(self.root_dir)))
         except files.FileRefused as exc:
             raise SpecError("from_path", f"{shown(path)} {exc.message}") from exc
 

@@ -172,10 +172,14 @@ def environment_records(
     records = {}
     for name, folder in folders.items():
         latest = by_ref.get(images.latest_ref(name))
-        if latest is not None:
+        if latest is None:
+            continue
+        try:
             record = _record(name, folder, latest, images, ids)
-            if record is not None:
-                records[name] = record
+        except FieldError:  # a folder that cannot be read (a link in its place): no record
+            continue
+        if record is not None:
+            records[name] = record
     return records
 
 

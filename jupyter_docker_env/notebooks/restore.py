@@ -11,9 +11,10 @@ images are pulled from the configured registry only.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import os
 import re
-import shutil
 import tempfile
 import tomllib
 import uuid
@@ -23,7 +24,7 @@ from typing import Any
 
 import tomli_w
 
-from ..environments import lock
+from ..environments import files, lock
 from ..environments.images import BuildSettings, ImageBuilder
 from ..environments.spec import APT_RE, IMAGE_RE, SPEC_FILE, SpecError, check_base_allowed, load
 from ..kernels.kernelspecs import kernel_name
@@ -59,40 +60,50 @@ def check(record: NotebookEnv, folder: Path, settings: BuildSettings) -> Checked
             "text): ask its author for the environment folder",
         )
     base = record.lock.base.image if record.lock and record.lock.base else None
-    _write_files(folder, record, base, settings.default_base)
-    expected = "spec" if (folder / SPEC_FILE).is_file() else record.kind
-    if kind_of(p.name for p in folder.iterdir()) != expected:
+    written = _write_files(folder, record, base, settings.default_base)
+    expected = "spec" if SPEC_FILE in written else record.kind
+    if kind_of(written) != expected:
         raise RecordError(f"{FIELD}.files", f"the files do not make a {record.kind} environment")
     spec = load(folder, settings.default_base)
     check_base_allowed(spec, list(settings.allowed_bases))
     if spec.kind == "dockerfile":
-        _check_dockerfile_bases((folder / "Dockerfile").read_text(), settings.allowed_bases)
+        _check_dockerfile_bases(files.read_text(folder, "Dockerfile"), settings.allowed_bases)
     return Checked(spec, _checked_lock(record.lock, spec))
 
 
-def _write_files(folder: Path, record: NotebookEnv, base: str | None, default_base: str) -> None:
-    """The record's files, named for ``folder``: a spec names its environment and the base its
-    lock was made on (this server's default base may be another)."""
+def check_aside(record: NotebookEnv, name: str, settings: BuildSettings) -> Checked:
+    """:func:`check` in a temporary folder of the server's own, removed after."""
+    with tempfile.TemporaryDirectory(prefix="docker-env-restore-") as tmp:
+        return check(record, Path(os.path.realpath(tmp)) / name, settings)
+
+
+def _write_files(
+    folder: Path, record: NotebookEnv, base: str | None, default_base: str
+) -> set[str]:
+    """Make the new folder ``folder`` (in an existing one) with the record's files, named for
+    it: a spec names its environment and the base its lock was made on (this server's default
+    base may be another). Through files.py: no link planted meanwhile is followed, and all of it
+    belongs to the owner of the folder it is made in. The names written directly in it."""
     assert record.files is not None
-    folder.mkdir(parents=True)
-    for name, text in record.files.items():
-        path = (folder / name).resolve()
-        if folder.resolve() not in path.parents:  # the schema's pattern already excludes this
-            raise RecordError(f"{FIELD}.files", f"{name!r} is not a file inside the folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    files.make_folder(folder.parent, folder.name)
+    contents = dict(record.files)
     if record.kind == "spec":
         try:
-            raw: dict[str, Any] = tomllib.loads(record.files.get(SPEC_FILE, ""))
+            raw: dict[str, Any] = tomllib.loads(contents.get(SPEC_FILE, ""))
         except tomllib.TOMLDecodeError as exc:
             raise SpecError(SPEC_FILE, f"is not valid TOML: {exc}") from exc
         raw["name"] = folder.name
         if base:
             raw.setdefault("base", base)
-        (folder / SPEC_FILE).write_text(tomli_w.dumps(raw))
+        contents[SPEC_FILE] = tomli_w.dumps(raw)
     elif record.kind in ("requirements", "environment") and base and base != default_base:
         source = next(n for k, n in KIND_FILES if k == record.kind and n in record.files)
-        (folder / SPEC_FILE).write_text(tomli_w.dumps({record.kind: source, "base": base}))
+        contents[SPEC_FILE] = tomli_w.dumps({record.kind: source, "base": base})
+    for name, text in contents.items():
+        where, _, last = name.rpartition("/")  # the schema's pattern: plain names, no way out
+        inner = files.make_folder(folder, where, exist_ok=True) if where else folder
+        files.write_text(inner, last, text)
+    return {name.partition("/")[0] for name in contents}
 
 
 def _check_dockerfile_bases(text: str, allowed: tuple[str, ...]) -> None:
@@ -163,11 +174,10 @@ def preview(
     temporary folder, nothing run."""
     checked: Checked | None = None
     refusal: FieldError | None = None
-    with tempfile.TemporaryDirectory(prefix="docker-env-restore-") as tmp:
-        try:
-            checked = check(record, Path(tmp) / name, settings)
-        except FieldError as exc:
-            refusal = exc
+    try:
+        checked = check_aside(record, name, settings)
+    except FieldError as exc:
+        refusal = exc
     recorded = checked.lock if checked else record.lock
     spec = checked.spec if checked else None
     exact = recorded is not None and record.kind != "dockerfile"
@@ -192,17 +202,26 @@ def preview(
     return plan, checked
 
 
-def materialize(record: NotebookEnv, folder: Path, settings: BuildSettings) -> Checked:
-    """Write the environment folder for the record (checked first, in a hidden folder beside it,
-    so a refused record leaves nothing behind)."""
-    staging = folder.parent / f".restore-{folder.name}-{uuid.uuid4().hex[:8]}"
+def materialize(record: NotebookEnv, root: Path, folder: Path, settings: BuildSettings) -> Checked:
+    """Write the environment folder ``folder`` (inside ``root``, the workspace) for the record:
+    checked first, in a hidden folder beside it, so a refused record leaves nothing behind.
+    Everything is made through files.py, owned by the workspace's owner, and a link planted on
+    the way (the user owns what is made) is never followed."""
+    parent = folder.parent.relative_to(root)
+    try:
+        staging = files.make_folder(
+            root, str(parent / f".restore-{folder.name}-{uuid.uuid4().hex[:8]}")
+        )
+    except files.FileRefused as exc:
+        raise FieldError("name", f"{parent / folder.name}: {exc.message}") from exc
     try:
         checked = check(record, staging / folder.name, settings)
         if checked.lock is not None:
             lock.write(staging / folder.name, checked.lock, record.spec_hash, folder.name)
-        (staging / folder.name).rename(folder)  # fails when the folder exists meanwhile
+        files.rename(staging, folder.name, folder.parent)  # FileExistsError: made meanwhile
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(files.FileRefused):
+            files.remove_folder(staging)
     return checked
 
 

@@ -7,9 +7,7 @@ is one of its operations (kind ``restore``), followed like builds.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..environments.images import spec_files
@@ -19,7 +17,7 @@ from ..models import Environment, FieldError, NotebookEnvComparison
 from ..operations import Operation
 from .compare import NO_RECORD, compare
 from .record import METADATA_KEY, NotebookEnv, from_notebook
-from .restore import Checked, check, materialize, preview, recreate, sources
+from .restore import Checked, check_aside, materialize, preview, recreate, sources
 
 if TYPE_CHECKING:
     from ..environments.manager import EnvironmentManager
@@ -88,12 +86,11 @@ class NotebookEnvironments:
         target_name, existing = target(recorded, environments, name)
         settings = self.envs.images.settings
         if existing:  # an environment with the recorded spec: complete it, files untouched
-            with tempfile.TemporaryDirectory(prefix="docker-env-restore-") as tmp:
-                checked = check(recorded, Path(tmp) / target_name, settings)
+            checked = check_aside(recorded, target_name, settings)
             return self.envs.locate(target_name), checked
         folder = self.envs.env_dirs[0] / target_name
         try:
-            checked = materialize(recorded, folder, settings)
+            checked = materialize(recorded, self.envs.root_dir, folder, settings)
         except FileExistsError as exc:
             raise EnvConflict(f"{folder} exists already: pick another name") from exc
         return Location(target_name, folder, readonly=False), checked

@@ -54,14 +54,22 @@ class ServingNotFound(ImageNotFound):
 
 @dataclass(frozen=True)
 class Handler:
-    """``FILE.py:FUNCTION``: a Python file and a function it defines at its top level."""
+    """``FILE.py:FUNCTION``: a Python file and a function it defines at its top level.
+
+    Its source is read once, through files.py: what was checked is what is hashed and copied.
+    """
 
     file: Path
     function: str
+    source: bytes
 
     @property
     def text(self) -> str:
         return f"{self.file.name}:{self.function}"
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.source).hexdigest()
 
     @classmethod
     def parse(cls, value: str, cwd: Path, root: Path | None = None) -> Handler:
@@ -70,15 +78,20 @@ class Handler:
             raise FieldError(
                 "handler", f"{value!r} is not FILE.py:FUNCTION (e.g. serve.py:predict)"
             )
-        file = _inside(cwd / path, root, "handler")
-        if file.suffix != ".py" or not file.is_file():
+        folder, name = _locate(path, cwd, root, "handler")
+        file = folder / name
+        if file.suffix != ".py":
             raise FieldError("handler", f"{path} is not a Python file")
         if not file.stem.isidentifier() or file.stem in sys.stdlib_module_names:
             raise FieldError(
                 "handler", f"rename {file.name}: its name must be a module name of its own"
             )
         try:
-            tree = ast.parse(file.read_bytes(), filename=file.name)
+            source = files.read_bytes(folder, name)
+        except files.FileRefused as exc:
+            raise _refused("handler", exc, name, path) from exc
+        try:
+            tree = ast.parse(source, filename=file.name)
         except SyntaxError as exc:
             raise FieldError("handler", f"{file.name}, line {exc.lineno}: {exc.msg}") from exc
         defined = set()  # the names its top level binds
@@ -91,16 +104,26 @@ class Handler:
                 defined |= {(a.asname or a.name).split(".")[0] for a in node.names}
         if function not in defined:
             raise FieldError("handler", f"{file.name} defines no function {function}")
-        return cls(file, function)
+        return cls(file, function, source)
 
 
 @dataclass(frozen=True)
 class Model:
-    """A model file or folder, and what the image records of it."""
+    """A model file or folder, and what the image records of it.
 
-    path: Path
+    It is read through files.py, streamed (models can be large), as ``relative`` inside
+    ``folder``: the workspace for REST, the folder that holds it for the CLI.
+    """
+
+    folder: Path
+    relative: str  # its path inside ``folder``
+    value: str  # as the request named it
     digest: str  # sha256 of the file; of its files' paths and digests for a folder
     size: int
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.relative
 
     @property
     def name(self) -> str:
@@ -108,25 +131,20 @@ class Model:
 
     @classmethod
     def read(cls, value: str, cwd: Path, root: Path | None = None) -> Model:
-        path = _inside(cwd / value, root, "model")
-        if not path.exists():
-            raise FieldError("model", f"{value} does not exist")
-        if not NAME_RE.match(path.name):
-            raise FieldError("model", f"rename {path.name}: letters, digits, '.', '_' and '-' only")
-        if path.is_file():
-            digest, size = _file_digest(path)
-            return cls(path, f"sha256:{digest}", size)
-        manifest = hashlib.sha256()
-        total = 0
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        if not files:
-            raise FieldError("model", f"{value} is an empty folder")
-        for file in files:
-            _inside(file, root, "model")
-            digest, size = _file_digest(file)
-            manifest.update(f"{file.relative_to(path).as_posix()}\0{digest}\n".encode())
-            total += size
-        return cls(path, f"sha256:{manifest.hexdigest()}", total)
+        folder, name = _locate(value, cwd, root, "model")
+        if not NAME_RE.match(Path(name).name):
+            raise FieldError(
+                "model", f"rename {Path(name).name}: letters, digits, '.', '_' and '-' only"
+            )
+        return cls(folder, name, value, *_model_digest(folder, name, value))
+
+    def copy(self, dest: Path) -> None:
+        """Copy the model to ``dest``: exactly what was hashed, or an error saying it changed."""
+        if _model_digest(self.folder, self.relative, self.value, dest)[0] != self.digest:
+            raise OperationFailed(
+                f"{self.value} changed since the build was asked for: ask again once it is written",
+                step="model",
+            )
 
 
 @dataclass(frozen=True)
@@ -267,14 +285,13 @@ class ServingBuilder:
         code = hashlib.sha256()
         for file in sorted([*RUNTIME.glob("*.py"), *(HERE / f for f in RECIPE_FILES)]):
             code.update(file.name.encode() + b"\0" + file.read_bytes())
-        handler_digest, _ = _file_digest(request.handler.file)
         base_id = (self.engine.inspect_image(base) or {}).get("Id", "")
         inputs = {
             "code": code.hexdigest(),
             "env_image": env_image_id,
             "base": base_id,
             "model": [request.model.name, request.model.digest],
-            "handler": [request.handler.text, handler_digest],
+            "handler": [request.handler.text, request.handler.digest],
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -341,17 +358,10 @@ class ServingBuilder:
             _copy(Path(ca), stage / dockerfile.CA_NAME)
         for file in RUNTIME.glob("*.py"):
             _copy(file, app / file.name)
-        _copy(request.handler.file, context / dockerfile.CTX_HANDLER / request.handler.file.name)
-        model = request.model.path
-        target = context / dockerfile.CTX_MODEL / model.name
-        if model.is_file():
-            _copy(model, target)
-        else:
-            for file in sorted(p for p in model.rglob("*") if p.is_file()):
-                (target / file.relative_to(model)).parent.mkdir(parents=True, exist_ok=True)
-                _copy(file, target / file.relative_to(model))
-            for folder in [target, *(p for p in target.rglob("*") if p.is_dir())]:
-                folder.chmod(0o755)
+        handler = context / dockerfile.CTX_HANDLER / request.handler.file.name
+        handler.write_bytes(request.handler.source)
+        handler.chmod(0o644)
+        request.model.copy(context / dockerfile.CTX_MODEL / request.model.name)
 
     def _finish(self, ref: str, env: str, extra_tag: str | None, op: Operation) -> ServingImage:
         image = self.engine.inspect_image(ref)
@@ -498,25 +508,57 @@ def _apt_names(apt: tuple[str, ...]) -> list[str]:
     return [re.split(r"[=:]", a, maxsplit=1)[0] for a in apt]
 
 
-def _inside(path: Path, root: Path | None, field: str) -> Path:
-    """The path, resolved; a FieldError when it leaves ``root`` (the workspace, for REST)."""
-    resolved = path.resolve()
-    if root is not None and resolved != root and root not in resolved.parents:
-        raise FieldError(field, f"{path} is outside the workspace")
-    return resolved
+def _locate(value: str, cwd: Path, root: Path | None, field: str) -> tuple[Path, str]:
+    """Where the file or folder ``value`` (relative to ``cwd``) is, for files.py: a folder and a
+    path inside it. Checked after realpath: the folders on its way are resolved, the name
+    itself is never followed (a link there is refused when it is read). With ``root`` (REST) it
+    must be inside the workspace, which is then the folder (its owner stands for the user);
+    without (the CLI), the folder is the one that holds it.
+    """
+    path = cwd / value
+    if path.name in ("", ".."):
+        path = Path(os.path.realpath(path))
+    real = Path(os.path.realpath(path.parent)) / path.name
+    if not real.name:
+        raise FieldError(field, f"{value} is not a file or a folder")
+    if root is None:
+        return real.parent, real.name
+    if root not in real.parents:
+        raise FieldError(field, f"{value} is outside the workspace")
+    return root, real.relative_to(root).as_posix()
 
 
-def _file_digest(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def _model_digest(folder: Path, name: str, value: str, dest: Path | None = None) -> tuple[str, int]:
+    """The digest and size of the model file or folder ``name`` in ``folder`` (``value`` as the
+    request named it), streamed, and copied to ``dest`` when given: a folder's digest is that of
+    its files' paths and digests."""
+    try:
+        found = files.stream(folder, name, dest)
+    except files.FileRefused as exc:
+        raise _refused("model", exc, name, value) from exc
+    if not found:
+        raise FieldError("model", f"{value} is an empty folder")
+    if len(found) == 1 and not found[0].path:
+        return f"sha256:{found[0].digest}", found[0].size
+    manifest = hashlib.sha256()
+    for file in found:
+        manifest.update(f"{file.path}\0{file.digest}\n".encode())
+    return f"sha256:{manifest.hexdigest()}", sum(file.size for file in found)
+
+
+def _refused(field: str, exc: files.FileRefused, name: str, value: str) -> FieldError:
+    """A file refused by files.py, naming the request's field, and the file as the user named
+    it (``value``, that is ``name`` in the folder files.py was given)."""
+    if exc.field == "folder":  # the message names the folder
+        return FieldError(field, exc.message)
+    shown = exc.field
+    if shown == name or shown.startswith(f"{name}/"):
+        shown = value.rstrip("/") + shown[len(name) :]
+    return FieldError(field, f"{shown} {exc.message}")
 
 
 def _copy(source: Path, target: Path) -> None:
+    """One of the server's own files (the runtime, the admin's CA bundle) into the context."""
     shutil.copyfile(source, target)
     os.chmod(target, 0o644)
 
