@@ -140,6 +140,7 @@ class Broker:
         self._owners: dict[str, tuple[str, str]] = {}  # operation id → (user, env name)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._empty: set[str] = set()  # network sandboxes without kernels at the last reap
+        self._sweeping = asyncio.Lock()  # an image sweep and a build's start exclude each other
 
     def close(self) -> None:
         self.operations.close()
@@ -301,7 +302,8 @@ class Broker:
                 if intent.namespace == self.policy.namespace(who):
                     await self._check_quota(who, intent, limits)
                 folder = await self.engine.run(self._scratch, intent, who)
-                return self._start(who, intent, folder)
+                async with self._sweeping:
+                    return self._start(who, intent, folder)
 
         return await self.decided(who, "build", target, admit)  # type: ignore[no-any-return]
 
@@ -603,7 +605,15 @@ class Broker:
                     else:
                         empty.add(sandbox["Id"])
         self._empty = empty
-        # earlier builds that kernels still used when a rebuild or a delete took their tags
-        everyone = replace(self.build_settings, image_prefix=self.policy.image_prefix)
-        await self.engine.run(ImageBuilder(self.engine, everyone).sweep_untagged)
+        await self._sweep_images()
         return removed
+
+    async def _sweep_images(self) -> None:
+        """Remove untagged images of earlier builds that kernels still used when a rebuild or a
+        delete took their tags. Never while a build runs: its new image is untagged until it
+        ends (builds wait for a sweep to finish before they start)."""
+        async with self._sweeping:
+            if any((op := self.operations.get(i)) and op.active for i in self._owners):
+                return
+            everyone = replace(self.build_settings, image_prefix=self.policy.image_prefix)
+            await self.engine.run(ImageBuilder(self.engine, everyone).sweep_untagged)
