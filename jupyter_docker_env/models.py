@@ -6,6 +6,8 @@ module never hands another a loose dict, and the states live in one place.
 
 from __future__ import annotations
 
+import keyword
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
@@ -411,6 +413,222 @@ class Status:
         data["allowed_bases"] = list(self.allowed_bases)
         data["pools"] = [asdict(pool) for pool in self.pools]
         return data
+
+
+# -- runs ------------------------------------------------------------------------------------
+RunState = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+RunKind = Literal["command", "notebook"]
+RUN_ACTIVE_STATES: tuple[RunState, ...] = ("queued", "running")
+#: Most attempts a run may ask for (retries + 1).
+MAX_ATTEMPTS = 100
+
+
+def _optional_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise FieldError(key, "must be a string")
+    return value or None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What to run, where and with what (schema ``RunCreate``).
+
+    Paths are relative to the workspace, with ``/`` separators, as the contents API names them.
+    """
+
+    env: str
+    command: tuple[str, ...] = ()
+    notebook: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    output: str | None = None  # the executed notebook; default: runs/NAME-ID.ipynb beside it
+    cwd: str = ""  # a command's working directory
+    cpus: float | None = None
+    memory: str | None = None
+    gpus: str | None = None
+    timeout: float | None = None  # seconds for the whole run, all attempts
+    retries: int = 0
+    snapshot: bool = False
+
+    FIELDS = (
+        *("env", "command", "notebook", "parameters", "output", "cwd"),
+        *("cpus", "memory", "gpus", "timeout", "retries", "snapshot"),
+    )
+
+    @property
+    def kind(self) -> RunKind:
+        return "notebook" if self.notebook else "command"
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RunRequest:
+        """A request from a REST body; FieldError naming the key for anything unusable."""
+        from .kernels.resources import Resources  # resources.py imports this module
+
+        for key in body:
+            if key not in cls.FIELDS:
+                raise FieldError(key, f"unknown run option; known: {', '.join(cls.FIELDS)}")
+        env = body.get("env")
+        if not isinstance(env, str) or not env:
+            raise FieldError("env", "name the environment to run in")
+        command = body.get("command") or []
+        if not isinstance(command, list) or not all(isinstance(a, str) for a in command):
+            raise FieldError("command", "must be a list of strings (the program and arguments)")
+        notebook = _optional_str(body, "notebook")
+        if not command and not notebook:
+            raise FieldError("command", "give a command or a notebook to run")
+        if command and notebook:
+            raise FieldError("notebook", "give a command or a notebook, not both")
+        if notebook and not notebook.endswith(".ipynb"):
+            raise FieldError("notebook", f"{notebook} is not a notebook (.ipynb)")
+        parameters = body.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise FieldError("parameters", "must be an object of names and values")
+        for name in parameters:
+            if not name.isidentifier() or keyword.iskeyword(name):
+                raise FieldError("parameters", f"{name!r} is not a valid variable name")
+        if parameters and not notebook:
+            raise FieldError("parameters", "parameters are for notebook runs")
+        output = _optional_str(body, "output")
+        if output and not notebook:
+            raise FieldError("output", "an output notebook is for notebook runs")
+        if output and not output.endswith(".ipynb"):
+            raise FieldError("output", f"{output} must end with .ipynb")
+        timeout = body.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        ):
+            raise FieldError("timeout", "must be a positive number of seconds")
+        retries = body.get("retries", 0)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise FieldError("retries", "must be a whole number, 0 or more")
+        if retries + 1 > MAX_ATTEMPTS:
+            raise FieldError("retries", f"at most {MAX_ATTEMPTS - 1} retries")
+        snapshot = body.get("snapshot", False)
+        if not isinstance(snapshot, bool):
+            raise FieldError("snapshot", "must be true or false")
+        resources = Resources.from_json(body)
+        return cls(
+            env=env,
+            command=tuple(command),
+            notebook=notebook,
+            parameters=dict(parameters),
+            output=output,
+            cwd=_optional_str(body, "cwd") or "",
+            cpus=resources.cpus,
+            memory=resources.memory,
+            gpus=resources.gpus,
+            timeout=float(timeout) if timeout is not None else None,
+            retries=retries,
+            snapshot=snapshot,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "command": list(self.command)}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run: one detached container executing a command or a notebook (schema
+    ``Run``). Kept as ``run.json`` in the run's folder; ``to_json`` is the REST shape."""
+
+    id: str
+    request: RunRequest
+    state: RunState
+    created: float
+    user: str = ""
+    env_folder: str = ""  # the environment's folder (the CLI may name one outside env_dirs)
+    workspace: str = ""  # the host folder the paths are relative to
+    working_dir: str = ""  # absolute, inside the container (and on the host)
+    output: str | None = None  # the executed notebook, relative to the workspace
+    log: str = ""  # the log file, relative to the workspace
+    attempt: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    reason: str | None = None  # why it failed, timed out or was cancelled
+    started: float | None = None
+    finished: float | None = None
+    image: str | None = None
+    image_id: str | None = None
+    spec_hash: str | None = None
+    container_id: str | None = None
+    #: "cancel" or "timeout" once someone decided to stop it (the container's end says how).
+    stop: str | None = None
+    #: host and pid of the process preparing a queued run (another finds it dead and adopts it).
+    driver: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in RUN_ACTIVE_STATES
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return round((self.finished or time.time()) - self.started, 3)
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.request
+        return {
+            "id": self.id,
+            "env": r.env,
+            "kind": r.kind,
+            "command": list(r.command),
+            "notebook": r.notebook,
+            "parameters": r.parameters,
+            "cwd": r.cwd,
+            "cpus": r.cpus,
+            "memory": r.memory,
+            "gpus": r.gpus,
+            "timeout": r.timeout,
+            "retries": r.retries,
+            "snapshot": r.snapshot,
+            "state": self.state,
+            "attempt": self.attempt,
+            "exit_code": self.exit_code,
+            "oom_killed": self.oom_killed,
+            "reason": self.reason,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "duration": self.duration,
+            "user": self.user,
+            "output": self.output,
+            "log": self.log,
+            "image": self.image,
+            "image_id": self.image_id,
+            "spec_hash": self.spec_hash,
+            "container_id": self.container_id,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything, as run.json holds it."""
+        data = asdict(self)
+        data["request"] = self.request.to_json()
+        return data
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> Run:
+        request = RunRequest(**{**data["request"], "command": tuple(data["request"]["command"])})
+        known = {f for f in cls.__dataclass_fields__ if f != "request"}
+        return cls(request=request, **{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """Log lines of a run from an offset (schema ``RunLog``)."""
+
+    id: str
+    state: RunState
+    lines: tuple[str, ...]
+    offset: int  # pass it back to read on
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state,
+            "log": list(self.lines),
+            "log_offset": self.offset,
+        }
 
 
 # -- notebooks that carry their environment (notebooks/) ---------------------------------------

@@ -208,7 +208,11 @@ def jde_hub(jde_engine: Engine, jde_base_image: str, jde_singleuser_image: str) 
     """JupyterHub + DockerSpawner + the broker service, two users with running servers."""
     folder = Path(tempfile.mkdtemp(prefix="jde-test-hub-"))
     network = f"{PREFIX}-net"
-    attrs = jde_engine.create_network(network, {JDE_TEST_LABEL: JDE_SESSION, L.MANAGED: "true"})
+    jde_engine.create_network(
+        network, driver="bridge", labels={JDE_TEST_LABEL: JDE_SESSION, L.MANAGED: "true"}
+    )
+    attrs = jde_engine.inspect_network(network)
+    assert attrs is not None
     gateway = attrs["IPAM"]["Config"][0]["Gateway"]
     public, proxy_api, hub_port, broker_port = (jde_free_port() for _ in range(4))
     driver = uuid.uuid4().hex

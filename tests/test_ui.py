@@ -127,6 +127,13 @@ def test_panel_main_path_in_a_real_browser(
         assert (UI / "screenshots" / shot).is_file()
 
 
+def test_a_notebook_runs_with_parameters_from_the_panel_in_a_real_browser(
+    lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
+) -> None:
+    run_playwright(lab, jde_tmp / "lab.log", "runs.spec.ts")
+    assert (UI / "screenshots" / "panel-runs.png").is_file()
+
+
 def test_a_notebook_recreates_its_missing_environment_in_a_real_browser(
     lab: tuple[str, str, Path], jde_tmp: Path, jde_engine: object
 ) -> None:

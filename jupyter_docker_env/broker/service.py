@@ -34,7 +34,7 @@ from typing import Any
 from .. import labels as L
 from ..containers import ContainerState
 from ..containers.local import LocalBackend
-from ..engine import Engine
+from ..engine import APIError, Engine
 from ..environments import lock
 from ..environments.images import BuildSettings, ImageBuilder
 from ..environments.spec import SpecError, image_reference, load
@@ -481,8 +481,20 @@ class Broker:
     async def _network(self, who: Identity) -> str:
         """The user's own bridge network, created on first use."""
         network = self.policy.network(who)
-        labels = {L.MANAGED: "true", L.HUB_USER: who.name}
-        await self.engine.run(self.engine.create_network, network, labels, self.network_internal)
+        if await self.engine.run(self.engine.inspect_network, network) is None:
+            labels = {L.MANAGED: "true", L.HUB_USER: who.name}
+            try:
+                await self.engine.run(
+                    self.engine.create_network,
+                    network,
+                    driver="bridge",
+                    internal=self.network_internal,
+                    labels=labels,
+                    check_duplicate=True,
+                )
+            except APIError as exc:
+                if exc.status_code != 409:  # 409: it exists now
+                    raise
         return network
 
     async def _join_network(self, who: Identity, peer: str) -> str:
@@ -494,7 +506,11 @@ class Broker:
             attrs = await self.engine.run(self.engine.inspect_container, server.container_id)
             if attrs is None:
                 continue
-            await self.engine.run(self.engine.connect_network, network, server.container_id)
+            try:
+                await self.engine.run(self.engine.connect_network, network, server.container_id)
+            except APIError as exc:
+                if "already exists" not in str(exc):  # joined at an earlier launch
+                    raise
             addresses = {
                 n.get("IPAddress") for n in (attrs["NetworkSettings"]["Networks"] or {}).values()
             }

@@ -11,10 +11,12 @@ import sys
 
 from .. import __version__
 from ..engine import EngineError
+from ..environments.manager import EnvNotFound
 from ..environments.spec import SpecError
 from ..models import FieldError
 from ..operations import Cancelled, OperationFailed
-from . import environments, notebooks, serving
+from ..runs.manager import RunConflict, RunNotFound, RunRefused
+from . import environments, notebooks, runs, serving
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,24 +27,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=__version__)
     sub = p.add_subparsers(dest="command", required=True)
     environments.register(sub)
+    runs.register(sub)
     serving.register(sub)
     notebooks.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # What follows `--` is a run's command, options and all (argparse would take them).
+    command: list[str] = []
+    if "--" in argv:
+        argv, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = parser().parse_args(argv)
+    if command and args.func is not runs.cmd_run:
+        parser().error("only `run` takes a command after --")
+    args.run_command = command
     try:
         return int(args.func(args))
     except SpecError as exc:
         print(f"error: invalid environment: {exc}", file=sys.stderr)
-    except FieldError as exc:  # an option's value (a serving image's model, handler, …)
+    except FieldError as exc:  # an option's value (a run's notebook, a serving image's model, …)
         print(f"error: {exc}", file=sys.stderr)
     except OperationFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         if exc.step:
             print(f"failed step: {exc.step}", file=sys.stderr)
-    except EngineError as exc:
+    except (EngineError, RunNotFound, RunConflict, RunRefused, EnvNotFound) as exc:
         print(f"error: {exc}", file=sys.stderr)
     except Cancelled:
         print("cancelled", file=sys.stderr)

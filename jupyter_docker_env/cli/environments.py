@@ -25,8 +25,9 @@ from ..models import BuildOptions
 from ..operations import Cancelled, Operation, OperationFailed
 
 
-def manager(args: argparse.Namespace) -> EnvironmentManager:
-    """The environment service with the user's configuration and this command's options."""
+def manager(args: argparse.Namespace, root_dir: Path | None = None) -> EnvironmentManager:
+    """The environment service with the user's configuration and this command's options, for
+    the workspace ``root_dir`` (default: the current folder)."""
     settings = load_settings(
         registry=getattr(args, "registry", None),
         ca_bundle=getattr(args, "ca_bundle", None),
@@ -37,13 +38,22 @@ def manager(args: argparse.Namespace) -> EnvironmentManager:
         settings.docker_host or None, builder=settings.builder, docker_cli=settings.docker_cli
     )
     envs: EnvironmentManager = settings.environment_manager_class(
-        settings=settings, root_dir=Path.cwd(), engine=engine
+        settings=settings, root_dir=root_dir or Path.cwd(), engine=engine
     )
     return envs
 
 
 def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
+
+
+def emit_record(data: dict[str, Any], as_json: bool) -> None:
+    """One JSON object, or `key: value` lines."""
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
 
 
 def printer(op: Operation, line: str) -> None:
@@ -122,11 +132,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     finally:
         envs.close()
     data = {**env.to_json(), "folder": str(loc.folder)}
-    if args.json:
-        emit_json(data)
-    else:
-        for key, value in data.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+    emit_record(data, args.json)
     return 0
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import IO, Any, Literal, Protocol, runtime_checkable
 
 from ..models import WarmPool
 
@@ -93,6 +93,12 @@ class ContainerRequest:
     #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
     ports: tuple[int, ...] = ()
     files: tuple[ContainerFile, ...] = ()
+    #: Where it may run, for back ends with several nodes (Swarm constraints such as
+    #: "node.labels.pool==gpu"); one engine ignores them.
+    placement: tuple[str, ...] = ()
+    #: Outlives the process that launched it (a run): never removed when that process exits, and
+    #: its files are copied into it, so nothing on the host must be kept for it.
+    detached: bool = False
     #: May be served from a warm pool (a hint; see :class:`WarmStart`). None: always cold.
     warm: WarmStart | None = None
     #: Where the workspace appears in the container; "": at ``workspace`` (a host folder).
@@ -150,6 +156,19 @@ class ContainerBackend(Protocol):
 
     async def logs(self, container_id: str, tail: int = 20) -> str: ...
 
+    async def changes(self, container_id: str) -> list[str]:
+        """Paths the container added or changed in its own file system (not in its mounts)."""
+        ...
+
+    async def copy_from(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        """Write a tar of ``path`` in an exited (or running) container into ``into``."""
+        ...
+
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        """Ids of the containers carrying all these labels, running or exited (a restarted
+        server finds detached containers this way)."""
+        ...
+
     async def sweep(self, instance_id: str) -> list[str]:
         """Remove everything an earlier life of this server instance left; return ids."""
         ...
@@ -197,6 +216,7 @@ class WarmPools(Protocol):
 BACKENDS = {
     "local": "jupyter_docker_env.containers.pool.PooledLocalBackend",
     "broker": "jupyter_docker_env.containers.broker.BrokerBackend",
+    "swarm": "jupyter_docker_env.containers.swarm.SwarmBackend",
 }
 
 

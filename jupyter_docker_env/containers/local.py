@@ -27,9 +27,10 @@ import shutil
 import sys
 import tarfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from .. import labels as L
 from ..engine import APIError, Engine, NotFound
@@ -164,8 +165,9 @@ class LocalBackend:
         """Bind-mount the request's files from the host, or return a tar to unpack instead."""
         if not request.files:
             return None
-        if os.geteuid() not in (0, request.uid):
-            # slower (the engine unpacks into the container) but needs no chown here
+        if request.detached or os.geteuid() not in (0, request.uid):
+            # slower (the engine unpacks into the container) but needs no chown here, and a
+            # detached container keeps nothing on the host that a later process must clean up
             parents = sorted({os.path.dirname(f.path) for f in request.files})
             entries: list[tuple[str, bytes | None, int]] = [(p, None, 0o700) for p in parents]
             entries += [(f.path, f.data, f.mode) for f in request.files]
@@ -192,7 +194,8 @@ class LocalBackend:
         """Create the container, give it its files, start it. Blocking."""
         attrs = self.engine.create_container(request.image, **create)
         container_id = str(attrs["Id"])
-        _live[container_id] = self.engine
+        if not request.detached:
+            _live[container_id] = self.engine
         if request.name in self._files:
             self._files[container_id] = self._files.pop(request.name)
         try:
@@ -270,6 +273,16 @@ class LocalBackend:
 
     async def logs(self, container_id: str, tail: int = 20) -> str:
         return await self.engine.run(self.engine.container_logs, container_id, tail)
+
+    async def changes(self, container_id: str) -> list[str]:
+        return await self.engine.run(self.engine.container_changes, container_id)
+
+    async def copy_from(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        await self.engine.run(self.engine.copy_from_container, container_id, path, into)
+
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        found = await self.engine.run(self.engine.containers, {**labels, L.MANAGED: "true"})
+        return [str(c["Id"]) for c in found]
 
     async def sweep(self, instance_id: str) -> list[str]:
         found = await self.engine.run(

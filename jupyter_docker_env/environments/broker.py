@@ -144,7 +144,7 @@ class BrokerImageBuilder(ImageBuilder):
     def build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
         op.emit(f"Reading {folder}")
         self.listing()  # the bases' ids, for the content hash
-        plan = self._operation_plan(folder, op, from_lock=options.from_lock)
+        plan = self.operation_plan(folder, op, from_lock=options.from_lock)
         body: dict[str, Any] = {
             "name": plan.spec.name,
             "files": self._files(plan, options.from_lock),

@@ -237,7 +237,7 @@ class ImageBuilder:
     # -- the build -------------------------------------------------------------------------
     def build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
         op.emit(f"Reading {folder}")
-        plan = self._operation_plan(folder, op, from_lock=options.from_lock)
+        plan = self.operation_plan(folder, op, from_lock=options.from_lock)
         ref = self.image_ref(plan)
         op.emit(f"Environment {plan.spec.name}: image {ref}")
         if plan.spec.kind != "dockerfile" and files.writable(plan.folder):
@@ -280,7 +280,7 @@ class ImageBuilder:
         assert image is not None
         return self._finish(plan, image, op, built=True, pulled=False)
 
-    def _operation_plan(self, folder: Path, op: Operation, from_lock: bool = False) -> Plan:
+    def operation_plan(self, folder: Path, op: Operation, from_lock: bool = False) -> Plan:
         """plan() for an operation: a spec error fails it, naming the field."""
         try:
             return self.plan(folder, op, from_lock=from_lock)
@@ -366,7 +366,7 @@ class ImageBuilder:
                 nocache=nocache,
                 buildargs=buildargs,
             )
-            return self._follow(events, op)
+            return self.follow(events, op)
 
     def _context(self, plan: Plan, context: Path) -> None:
         """The build context: only what the Dockerfile copies, plus the CA bundle if set."""
@@ -375,17 +375,23 @@ class ImageBuilder:
         copied = [SPEC_FILE] if plan.spec.kind == "spec" else []
         for name in [*copied, *dockerfile.input_files(plan.spec)]:
             (context / name).write_bytes(files.read_bytes(plan.folder, name))
-        ca = self.settings.ca_bundle
-        if ca:
-            if not Path(ca).is_file():
-                raise OperationFailed(
-                    f"the CA bundle {ca} (c.DockerEnvApp.ca_bundle, or PIP_CERT / "
-                    "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
-                    step="CA bundle",
-                )
-            (context / CA_FILE).write_bytes(Path(ca).read_bytes())  # the admin's, not the user's
+        self.copy_ca_bundle(context / CA_FILE)
 
-    def _follow(self, events: Iterator[Any], op: Operation) -> str:
+    def copy_ca_bundle(self, dest: Path) -> None:
+        """Put the configured CA bundle (the admin's, not the user's) into a build context."""
+        ca = self.settings.ca_bundle
+        if not ca:
+            return
+        if not Path(ca).is_file():
+            raise OperationFailed(
+                f"the CA bundle {ca} (c.DockerEnvApp.ca_bundle, or PIP_CERT / "
+                "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
+                step="CA bundle",
+            )
+        dest.write_bytes(Path(ca).read_bytes())
+        dest.chmod(0o644)
+
+    def follow(self, events: Iterator[Any], op: Operation) -> str:
         """Log the build's events and progress; its image id, or OperationFailed naming the
         failing step and the tool's own error lines (pip's ERROR:, apt's E:)."""
         steps: dict[int, str] = {}  # "Step k/T: INSTRUCTION"
@@ -492,12 +498,12 @@ class ImageBuilder:
     def _pull(self, plan: Plan, op: Operation) -> ImageInfo:
         remote = self._remote(plan)
         op.emit(f"Pulling {remote}")
-        self._transfer(self.engine.pull, remote, op, step="pull")
+        self.transfer(self.engine.pull, remote, op, step="pull")
         image = self.find_image(remote)
         assert image is not None
         return image
 
-    def _transfer(
+    def transfer(
         self,
         transfer: Callable[..., Iterator[dict[str, Any]]],
         remote: str,
@@ -514,11 +520,11 @@ class ImageBuilder:
 
     def pull(self, folder: Path, op: Operation) -> BuildResult:
         """Pull the environment's image from the registry instead of building it."""
-        plan = self._operation_plan(folder, op)
+        plan = self.operation_plan(folder, op)
         return self._finish(plan, self._pull(plan, op), op, built=False, pulled=True)
 
     def push(self, folder: Path, op: Operation) -> PushResult:
-        plan = self._operation_plan(folder, op)
+        plan = self.operation_plan(folder, op)
         image = self.find_image(self.image_ref(plan))
         if image is None:
             raise OperationFailed(
@@ -531,7 +537,7 @@ class ImageBuilder:
             self.engine.tag(image.id, repo, remote_tag)
             op.emit(f"Pushing {remote}")
             try:
-                self._transfer(self.engine.push, remote, op, step="push")
+                self.transfer(self.engine.push, remote, op, step="push")
             except OperationFailed:
                 self.engine.remove_image(remote)  # only the tag made for the push; image stays
                 raise
@@ -552,7 +558,7 @@ class ImageBuilder:
         again, not a new spec (unlike ``from_lock``).
         """
         self._recorded_base(locked, op)
-        plan = self._operation_plan(folder, op)
+        plan = self.operation_plan(folder, op)
         for image in (self.find_image(self.image_ref(plan)), self.image_with_hash(plan.hash)):
             if image is not None and self.lock_of(image) == locked:
                 op.emit(f"The recorded environment is here already: {image.tag}")
@@ -605,7 +611,7 @@ class ImageBuilder:
         """Pull ``source`` when it is the recorded environment (its lock is ``locked``)."""
         op.emit(f"Pulling {source}")
         try:
-            self._transfer(self.engine.pull, source, op, step="pull")
+            self.transfer(self.engine.pull, source, op, step="pull")
         except OperationFailed as exc:
             op.emit(f"{exc}; building instead")
             return None

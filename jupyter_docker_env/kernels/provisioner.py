@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import json
 import os
@@ -57,6 +56,7 @@ from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, validate
+from traitlets.config import Config, Configurable
 
 from .. import labels as L
 from ..containers import (
@@ -68,8 +68,9 @@ from ..containers import (
     WarmStart,
     backend_class,
 )
+from ..containers.placement import allowed_env, user_for, within, working_dir_in
 from ..engine import Engine, EngineUnavailable, shared_engine
-from .resources import human_size, parse_cpus, parse_gpus, parse_memory
+from .resources import container_limits, human_size, parse_memory
 from .restarter import ContainerKernelRestarter
 
 #: Where the connection file lives inside the kernel's container (0700 dir, 0400 file).
@@ -122,25 +123,33 @@ _PROCESS_INSTANCE_ID = _process_instance_id()
 _backends: dict[tuple[str, str | None, str, Path], ContainerBackend] = {}
 
 
-def backend_for(name: str, engine: Engine, connect_mode: str = "auto") -> ContainerBackend:
+def backend_for(
+    name: str, engine: Engine, connect_mode: str = "auto", config: Config | None = None
+) -> ContainerBackend:
     """One back end per kind, engine, connect mode and runtime dir for the whole process (it
     holds state that kernels share, such as network sandboxes, their ports and warm pools; the
-    files it keeps for containers live in the runtime dir, where a later sweep looks)."""
+    files it keeps for containers live in the runtime dir, where a later sweep looks). A
+    configurable back end (Swarm) reads its settings from the first ``config`` it is built
+    with."""
     files = Path(jupyter_runtime_dir()) / "docker-env-files"
     key = (name, engine.host, connect_mode, files)
     if key not in _backends:
-        _backends[key] = backend_class(name)(engine, files, connect_mode)
+        cls = backend_class(name)
+        extra = {"config": config} if config is not None and issubclass(cls, Configurable) else {}
+        _backends[key] = cls(engine, files, connect_mode, **extra)
     return _backends[key]
 
 
-async def sweep_orphans(engine: Engine, instance_id: str, backend: str = "local") -> list[str]:
+async def sweep_orphans(
+    engine: Engine, instance_id: str, backend: str = "local", config: Config | None = None
+) -> list[str]:
     """Remove every container labelled with ``instance_id``, the files kept for them, and the
     connection files jupyter_client wrote for their kernels.
 
     Call it when a server starts (before any kernel of it runs): it removes the kernels, warm
     pools and network sandbox that a crashed predecessor with the same id left behind.
     """
-    removed = await backend_for(backend, engine).sweep(instance_id)
+    removed = await backend_for(backend, engine, config=config).sweep(instance_id)
     _sweep_connection_files(instance_id)
     return removed
 
@@ -169,10 +178,6 @@ def _is_connection_file(path: Path) -> bool:
         return False
     info = json.loads(path.read_text())
     return isinstance(info, dict) and {"key", "shell_port", "iopub_port"} <= info.keys()
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
@@ -263,8 +268,14 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     ).tag(config=True)
     backend = Unicode(
         "local",
-        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), or the "
-        "dotted path of a ContainerBackend class.",
+        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), "
+        "'swarm' (services of the Swarm whose manager is at docker_host; c.SwarmBackend.*), or "
+        "the dotted path of a ContainerBackend class.",
+    ).tag(config=True)
+    placement = List(
+        Unicode(),
+        help="Where the kernel may run, for back ends with several nodes: Swarm placement "
+        "constraints such as 'node.labels.pool==gpu'. The local back end ignores them.",
     ).tag(config=True)
     warm_pool_size = Int(
         1,
@@ -352,7 +363,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     @property
     def containers(self) -> ContainerBackend:
-        return backend_for(self.backend, self.engine, str(self.connect_mode))
+        return backend_for(self.backend, self.engine, str(self.connect_mode), self.config)
 
     @property
     def _server(self) -> tuple[Any, Any]:
@@ -407,6 +418,10 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         cmd += kwargs.pop("extra_arguments", [])
         self.exit_code, self.oom_killed, self.exit_reason, self._stopping = None, False, None, False
         self.engine_lost = self._engine_silent = False
+        # A back end that cannot signal (Swarm: the kernel may be on another node) interrupts
+        # through the kernel's control channel.
+        if (mode := getattr(self.containers, "interrupt_mode", None)) and self.kernel_spec:
+            self.kernel_spec.interrupt_mode = mode
         return await super().pre_launch(cmd=cmd, **kwargs)
 
     def _note_connection_file(self, path: str) -> None:
@@ -445,65 +460,36 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         workspace = os.path.abspath(workspace)
         if not os.path.isdir(workspace):
             raise ValueError(f"The workspace {workspace} to mount in the kernel is not a folder.")
-        working_dir = os.path.abspath(cwd or workspace)
-        if not _within(working_dir, workspace):
-            real_ws, real_wd = os.path.realpath(workspace), os.path.realpath(working_dir)
-            if _within(real_wd, real_ws):
-                working_dir = os.path.join(workspace, os.path.relpath(real_wd, real_ws))
-            else:
-                self.log.warning(
-                    "Kernel %s: %s is outside the workspace %s; it starts in the workspace.",
-                    self.kernel_id,
-                    working_dir,
-                    workspace,
-                )
-                working_dir = workspace
+        working_dir = working_dir_in(workspace, cwd or workspace)
+        if working_dir is None:
+            self.log.warning(
+                "Kernel %s: %s is outside the workspace %s; it starts in the workspace.",
+                self.kernel_id,
+                cwd,
+                workspace,
+            )
+            working_dir = workspace
         self._workspace, self._working_dir = workspace, working_dir
         self._uid_gid = self._user_for(workspace)
 
     def _user_for(self, workspace: str) -> tuple[int, int]:
-        st = os.stat(workspace)
-        if self.user:
-            uid_s, _, gid_s = self.user.partition(":")
-            try:
-                uid, gid = int(uid_s), int(gid_s) if gid_s else st.st_gid
-            except ValueError:
-                raise ValueError(
-                    f'c.DockerEnvProvisioner.user = {self.user!r}: use numeric "uid:gid".'
-                ) from None
-        else:
-            uid, gid = st.st_uid, st.st_gid
-        if uid == 0 and not self.allow_root:
-            raise PermissionError(
-                f"The kernel would run as root: {'user is 0' if self.user else ''}"
-                f"{'' if self.user else f'the workspace {workspace} belongs to root'}. "
-                'Set c.DockerEnvProvisioner.user = "uid:gid" (the workspace owner), or allow '
-                "root kernels with c.DockerEnvProvisioner.allow_root = True."
-            )
-        return uid, gid
+        return user_for(workspace, self.user, self.allow_root)
 
     def _resources_for(self, env: dict[str, str]) -> dict[str, Any]:
         """Container limits from configuration, overridden by KERNEL_* in the start's env."""
-        out: dict[str, Any] = {}
-        if cpus := env.get("KERNEL_CPUS") or self.cpus:
-            out["nano_cpus"] = int(parse_cpus(cpus) * 1e9)
-        memory = env.get("KERNEL_MEMORY") or self.mem_limit
-        if memory and (limit := parse_memory(memory)):  # "0": no limit
-            out["mem_limit"] = limit
+        out = container_limits(
+            env.get("KERNEL_CPUS") or self.cpus,
+            env.get("KERNEL_MEMORY") or self.mem_limit,
+            env.get("KERNEL_GPUS", self.gpus),
+        )
         if self.pids_limit > 0:
             out["pids_limit"] = self.pids_limit
-        gpus = env.get("KERNEL_GPUS", self.gpus)
-        if request := parse_gpus(gpus):
-            out["device_requests"] = (request,)
         return out
 
     def _container_env(self, env: dict[str, str]) -> dict[str, str]:
-        out = {
-            k: v
-            for k, v in env.items()
-            if not k.startswith("KERNEL_")
-            and any(fnmatch.fnmatchcase(k, pattern) for pattern in self.env_allowlist)
-        }
+        out = allowed_env(
+            {k: v for k, v in env.items() if not k.startswith("KERNEL_")}, self.env_allowlist
+        )
         spec_env = getattr(self.kernel_spec, "env", None) or {}
         out.update({k: env[k] for k in spec_env if k in env})
         out.update(self.extra_env)
@@ -541,6 +527,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             # The kernel binds every interface of its container; only its user may read it.
             files=(ContainerFile(CONNECTION_FILE, connection_file, 0o400),),
             warm=self._warm_start(cmd),
+            placement=tuple(self.placement),
             **self._resources,
         )
 
@@ -632,7 +619,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if state.running:
             return None
         if self.exit_code is None:
-            self._record_exit(state.exit_code or 0, state.oom_killed, "")
+            self._record_exit(state.exit_code or 0, state.oom_killed, state.error)
             if self.exit_reason and not self.oom_killed:
                 logs = await self.containers.logs(self.container_id)
                 self.log.error("Kernel %s output before it stopped:\n%s", self.kernel_id, logs)
@@ -762,7 +749,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     def resolve_path(self, path: str) -> str | None:
         """Paths the kernel names are host paths too: the workspace is at the same place."""
         full = os.path.normpath(os.path.join(self._working_dir or self._workspace, path))
-        return full if _within(full, self._workspace) and os.path.exists(full) else None
+        return full if within(full, self._workspace) and os.path.exists(full) else None
 
     # -- persistence -----------------------------------------------------------------------
     async def get_provisioner_info(self) -> dict[str, Any]:

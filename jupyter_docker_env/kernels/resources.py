@@ -74,6 +74,19 @@ def parse_gpus(value: str) -> dict[str, Any] | None:
     return {**request, "device_ids": [i.strip() for i in ids]}
 
 
+def container_limits(cpus: Any, memory: Any, gpus: Any) -> dict[str, Any]:
+    """ContainerRequest limits (``nano_cpus``, ``mem_limit``, ``device_requests``) for a request
+    of CPUs, memory and GPUs; empty or None values set no limit."""
+    out: dict[str, Any] = {}
+    if cpus:
+        out["nano_cpus"] = int(parse_cpus(cpus) * 1e9)
+    if memory and (limit := parse_memory(memory)):  # "0": no limit
+        out["mem_limit"] = limit
+    if gpus and (request := parse_gpus(gpus)):
+        out["device_requests"] = (request,)
+    return out
+
+
 @dataclass(frozen=True)
 class Resources:
     """A request for CPUs, memory and GPUs, validated."""
@@ -97,6 +110,12 @@ class Resources:
         if gpus is not None:
             parse_gpus(gpus)
         return cls(cpus=cpus, memory=memory, gpus=gpus)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cpus": self.cpus, "memory": self.memory, "gpus": self.gpus}
+
+    def container_limits(self) -> dict[str, Any]:
+        return container_limits(self.cpus, self.memory, self.gpus)
 
     def kernel_env(self) -> dict[str, str]:
         """The KERNEL_* variables that carry this request to the provisioner."""

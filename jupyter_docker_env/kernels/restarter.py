@@ -110,7 +110,7 @@ class ContainerKernelRestarter(AsyncIOLoopKernelRestarter):
         try:
             await super().poll()
         except _CannotRestart as exc:
-            self._give_up(str(exc))
+            self._give_up(str(exc), told=True)
             return
         except Exception as exc:  # the restart failed: one line, not a traceback per poll
             provisioner = self.kernel_manager.provisioner
@@ -122,8 +122,10 @@ class ContainerKernelRestarter(AsyncIOLoopKernelRestarter):
         if self._restarts != restarts:
             self._await_answer()
 
-    def _give_up(self, reason: str) -> None:
+    def _give_up(self, reason: str, told: bool = False) -> None:
         """The kernel stays dead: say so in /api/kernels and to its clients, stop polling."""
+        if not told:  # the restart callbacks did not run: the death showed as a failed poll
+            self._tell_clients(reason, restarting=False)
         self.stop()
         self._set_state("dead", reason)
         for connection in self._connections():

@@ -12,12 +12,14 @@ from traitlets import Bool
 
 from .. import __version__
 from ..config import DockerEnvConfig
+from ..containers.swarm import SwarmBackend
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
 from ..kernels.warm import WarmKernels
 from ..notebooks.saving import pre_save_hook
 from ..notebooks.service import NotebookEnvironments
+from ..runs.manager import RunManager
 from ..serving.manager import ServingManager
 from .handlers import HANDLERS
 
@@ -26,7 +28,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     name = "jupyter_docker_env"
     description = "Reproducible Docker environments as Jupyter kernels"
     handlers = HANDLERS  # type: ignore[assignment]
-    classes = [DockerEnvProvisioner]  # type: ignore[assignment]
+    classes = [DockerEnvProvisioner, SwarmBackend, RunManager]  # type: ignore[assignment]
 
     record_environment_in_notebooks = Bool(
         True,
@@ -39,6 +41,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
 
     engine: Engine
     environments: EnvironmentManager
+    runs: RunManager
     warm: WarmKernels
     serving: ServingManager
     notebooks: NotebookEnvironments
@@ -62,6 +65,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             root_dir=root_dir,
             engine=self.engine,
             kernels_dir=self.kernels_dir,
+        )
+        self.runs = self.run_manager_class(
+            parent=self, settings=self, environments=self.environments, workspace=root_dir
         )
         self.warm = WarmKernels(
             self.instance_id, root_dir, ksm, docker_host=self.docker_host, parent=self
@@ -92,8 +98,13 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             info.builder,
         )
         if self.sweep_on_start:
-            backend = self.environments.container_backend
-            removed = await sweep_orphans(self.engine, self.instance_id, backend)
+            # where this server's kernels run: the broker for a server on a shared hub (it has
+            # no engine of its own), else the configured back end beside the local engine
+            local = self.environments.container_backend == "local"
+            backend = DockerEnvProvisioner(config=self.config).backend if local else "broker"
+            removed = await sweep_orphans(self.engine, self.instance_id) if local else []
+            if backend != "local":  # its services, secrets and networks too
+                removed += await sweep_orphans(self.engine, self.instance_id, backend, self.config)
             if removed:
                 self.log.warning(
                     "jupyter-docker-env: removed %d kernel container(s) left by an earlier "
@@ -104,8 +115,12 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         await self.environments.sync_kernelspecs()
         await self.environments.refresh_records()
         await self.environments.sweep_images()  # what the last run's kernels held untagged
+        followed = await self.runs.recover()
+        if followed:
+            self.log.info("jupyter-docker-env: following %d run(s) started earlier", len(followed))
 
     async def stop_extension(self) -> None:
+        self.runs.close()
         await self.warm.stop()
         self.serving.close()
         self.environments.close()

@@ -174,7 +174,7 @@ class ServingBuilder:
     # -- the build -------------------------------------------------------------------------
     def build(self, request: ServingRequest, op: Operation) -> ServingBuildResult:
         op.emit(f"Reading {request.folder}")
-        plan = self.images._operation_plan(request.folder, op)
+        plan = self.images.operation_plan(request.folder, op)
         env_ref, env_image, lock = self.environment_image(plan)
         base = self._base(lock)
         key = self._hash(env_image.id, base, request)
@@ -332,7 +332,7 @@ class ServingBuilder:
                 if settings.pip_index_url
                 else None,
             )
-            return self.images._follow(events, op)
+            return self.images.follow(events, op)
 
     def _context(self, context: Path, request: ServingRequest) -> None:
         """Only what the Dockerfile copies, readable by the image's unprivileged user."""
@@ -347,15 +347,7 @@ class ServingBuilder:
             folder.mkdir(parents=True)
         _copy(HERE / "prune.py", stage / "prune.py")
         (stage / dockerfile.SERVER_REQUIREMENTS).write_text(dockerfile.SERVER_REQUIREMENT + "\n")
-        ca = self.images.settings.ca_bundle
-        if ca:
-            if not Path(ca).is_file():
-                raise OperationFailed(
-                    f"the CA bundle {ca} (c.DockerEnvApp.ca_bundle, or PIP_CERT / "
-                    "REQUESTS_CA_BUNDLE / SSL_CERT_FILE) does not exist",
-                    step="CA bundle",
-                )
-            _copy(Path(ca), stage / dockerfile.CA_NAME)
+        self.images.copy_ca_bundle(stage / dockerfile.CA_NAME)
         for file in RUNTIME.glob("*.py"):
             _copy(file, app / file.name)
         handler = context / dockerfile.CTX_HANDLER / request.handler.file.name
@@ -447,7 +439,7 @@ class ServingBuilder:
                 self.engine.tag(found.id, repo, tag)
             op.emit(f"Pushing {remote}")
             try:
-                self.images._transfer(self.engine.push, remote, op, step="push")
+                self.images.transfer(self.engine.push, remote, op, step="push")
             except OperationFailed:
                 if made:
                     self.engine.remove_image(remote)  # only the tag made for the push

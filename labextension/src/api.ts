@@ -282,6 +282,83 @@ export namespace DockerEnv {
     restore?: IRestorePlan | null;
   }
 
+  export type RunState =
+    'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled' | 'timed_out';
+
+  /** What to run (POST runs): a command or a notebook; paths relative to the workspace. */
+  export interface IRunCreate {
+    env: string;
+    /** The program and its arguments. */
+    command?: string[];
+    /** The notebook to execute (.ipynb). */
+    notebook?: string;
+    /** Notebook parameters, injected after the cell tagged `parameters`. */
+    parameters?: { [name: string]: unknown };
+    /** Where the executed notebook goes (default runs/NAME-ID.ipynb beside the notebook). */
+    output?: string;
+    /** A command's working directory (a notebook's is its folder). */
+    cwd?: string;
+    cpus?: number;
+    memory?: string;
+    gpus?: string;
+    /** Seconds for the whole run, all attempts; it ends timed_out. */
+    timeout?: number;
+    /** Attempts after a failed one. */
+    retries?: number;
+    /** Copy the code into a run image instead of mounting the workspace. */
+    snapshot?: boolean;
+  }
+
+  /** A training run (GET runs/{id}). */
+  export interface IRun {
+    id: string;
+    env: string;
+    kind: 'command' | 'notebook';
+    command: string[];
+    notebook: string | null;
+    parameters: { [name: string]: unknown };
+    cwd: string;
+    cpus: number | null;
+    memory: string | null;
+    gpus: string | null;
+    timeout: number | null;
+    retries: number;
+    snapshot: boolean;
+    state: RunState;
+    /** Attempts made so far (retries + 1 at most). */
+    attempt: number;
+    exit_code: number | null;
+    /** It failed because it ran out of memory. */
+    oom_killed?: boolean;
+    /** Why it failed, timed out or was cancelled. */
+    reason?: string | null;
+    /** Seconds since the epoch. */
+    created: number;
+    started: number | null;
+    finished: number | null;
+    /** Seconds it ran (so far). */
+    duration?: number | null;
+    user?: string;
+    /** The executed notebook, relative to the workspace. */
+    output: string | null;
+    /** The log file, relative to the workspace. */
+    log: string;
+    image?: string | null;
+  }
+
+  /** A run's log lines from an offset (GET runs/{id}/log). */
+  export interface IRunLog {
+    id: string;
+    state: RunState;
+    /** Whole lines from the requested offset. */
+    log: string[];
+    /** The offset to ask for next. */
+    log_offset: number;
+  }
+
+  export function isRunActive(run: { state: RunState }): boolean {
+    return run.state === 'queued' || run.state === 'running';
+  }
   export function isActive(operation: IOperation | null | undefined): boolean {
     return (
       !!operation &&
@@ -414,6 +491,34 @@ export class DockerEnvAPI {
     return this.requestAPI(`${envPath(name)}/kernels`, 'POST', options);
   }
 
+  async listRuns(): Promise<DockerEnv.IRun[]> {
+    const reply = await this.requestAPI<{ runs: DockerEnv.IRun[] }>('runs');
+    return reply.runs;
+  }
+
+  getRun(id: string): Promise<DockerEnv.IRun> {
+    return this.requestAPI(runPath(id));
+  }
+
+  /** Records a run (queued) and starts it; its environment is built first when needed. */
+  createRun(run: DockerEnv.IRunCreate): Promise<DockerEnv.IRun> {
+    return this.requestAPI('runs', 'POST', run);
+  }
+
+  /** A run's state, and its log lines from `offset`. */
+  runLog(id: string, offset = 0): Promise<DockerEnv.IRunLog> {
+    return this.requestAPI(`${runPath(id)}/log?offset=${offset}`);
+  }
+
+  /** Stops a run: SIGTERM, then SIGKILL after a grace period; its partial output stays. */
+  cancelRun(id: string): Promise<DockerEnv.IRun> {
+    return this.requestAPI(`${runPath(id)}/cancel`, 'POST');
+  }
+
+  async deleteRun(id: string): Promise<void> {
+    await this.requestAPI(runPath(id), 'DELETE');
+  }
+
   /** Calls `{baseUrl}jupyter-docker-env/api/{endpoint}` and answers its JSON body. */
   private async requestAPI<T>(
     endpoint: string,
@@ -487,4 +592,8 @@ function servingPath(id: string): string {
 
 function operationPath(id: string): string {
   return `operations/${encodeURIComponent(id)}`;
+}
+
+function runPath(id: string): string {
+  return `runs/${encodeURIComponent(id)}`;
 }

@@ -4,6 +4,8 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IDocumentWidget } from '@jupyterlab/docregistry';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { ILauncher } from '@jupyterlab/launcher';
 
 import { DockerEnv, DockerEnvAPI } from './api';
@@ -32,14 +34,15 @@ async function execute(
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-docker-env:plugin',
   description:
-    'A sidebar panel that builds Docker environments and opens notebooks whose kernels run in them.',
+    'A sidebar panel that builds Docker environments, opens notebooks whose kernels run in them, and runs scripts and notebooks as training runs.',
   autoStart: true,
-  optional: [ILayoutRestorer, ICommandPalette, ILauncher],
+  optional: [ILayoutRestorer, ICommandPalette, ILauncher, IDefaultFileBrowser],
   activate: (
     app: JupyterFrontEnd,
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
-    launcher: ILauncher | null
+    launcher: ILauncher | null,
+    fileBrowser: IDefaultFileBrowser | null
   ) => {
     const api = new DockerEnvAPI(app.serviceManager.serverSettings);
     const panel = new DockerEnvPanel(api, {
@@ -54,7 +57,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
             ? { id: kernel.id, name: kernel.name }
             : { name: env.kernel_name }
         }),
-      refreshKernelSpecs: () => app.serviceManager.kernelspecs.refreshSpecs()
+      refreshKernelSpecs: () => app.serviceManager.kernelspecs.refreshSpecs(),
+      currentDocument: () => {
+        // the main area's current widget; the sidebar holding the panel never is
+        const widget = app.shell
+          .currentWidget as Partial<IDocumentWidget> | null;
+        return widget?.context?.path ?? null;
+      },
+      browserFolder: () => fileBrowser?.model.path ?? '',
+      openPath: (path: string) => execute(app, 'docmanager:open', { path })
     });
     app.shell.add(panel, 'left', { rank: 600 });
     // Notebooks that record their environment say when it is missing here or differs.

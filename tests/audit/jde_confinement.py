@@ -1,4 +1,5 @@
-"""Every container the extension creates is confined: checked where it is created.
+"""Every container (and Swarm service) the extension creates is confined: checked where it is
+created.
 
 Installed on ``Engine.create_container`` in the test process (conftest.py) and, through
 ``sitecustomize.py`` on PYTHONPATH, in every Python process the tests start (the CLI, JupyterLab,
@@ -47,11 +48,42 @@ def problems(attrs: dict[str, Any]) -> list[str]:
     return found
 
 
+def service_problems(spec: dict[str, Any]) -> list[str]:
+    """What is wrong with the confinement of a Swarm service's tasks, read from its spec."""
+    task = spec.get("TaskTemplate") or {}
+    container = task.get("ContainerSpec") or {}
+    found = []
+    if (container.get("User") or "").split(":")[0] in ("", "0", "root"):
+        found.append(f"runs as root (User={container.get('User')!r})")
+    if "ALL" not in (container.get("CapabilityDrop") or []) or container.get("CapabilityAdd"):
+        found.append("keeps capabilities")
+    nnp = (container.get("Privileges") or {}).get("NoNewPrivileges")
+    if not nnp and (container.get("Args") or [])[:2] != ["setpriv", "--no-new-privs"]:
+        found.append("may gain privileges (neither NoNewPrivileges nor setpriv --no-new-privs)")
+    if not ((task.get("Resources") or {}).get("Limits") or {}).get("Pids"):
+        found.append("no process limit")
+    for mount in container.get("Mounts") or []:
+        source = str(mount.get("Source") or "")
+        if source.rstrip("/") in FORBIDDEN_SOURCES or "docker.sock" in source:
+            found.append(f"mounts {source}")
+    return found
+
+
 def install(engine_class: type) -> None:
-    """Check every container ``engine_class.create_container`` makes."""
+    """Check every container ``engine_class.create_container`` makes, and every Swarm service
+    ``create_service`` makes."""
     create = engine_class.create_container
     if getattr(create, "jde_audited", False):
         return
+    create_service = engine_class.create_service
+
+    @functools.wraps(create_service)
+    def audited_service(self: Any, spec: dict[str, Any]) -> str:
+        if found := service_problems(spec):
+            raise AssertionError(f"service {spec.get('Name')} is not confined: {'; '.join(found)}")
+        return str(create_service(self, spec))
+
+    engine_class.create_service = audited_service  # type: ignore[method-assign]
 
     @functools.wraps(create)
     def audited(self: Any, image: str, **kwargs: Any) -> dict[str, Any]:

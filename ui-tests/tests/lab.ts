@@ -79,3 +79,32 @@ export async function waitOperation(
     .not.toMatch(/^(queued|running)$/);
   return operation;
 }
+
+/** Drags the left sidebar's edge so that the panel is `width` pixels wide (for the screenshots). */
+export async function widenSidebar(page: Page, width: number): Promise<void> {
+  const sidebar = await page.locator('#jp-left-stack').boundingBox();
+  const handle = page
+    .locator('#jp-main-split-panel > .lm-SplitPanel-handle')
+    .first();
+  const box = await handle.boundingBox();
+  if (!sidebar || !box) {
+    return;
+  }
+  const y = box.y + box.height / 2;
+  await page.mouse.move(box.x + box.width / 2, y);
+  await page.mouse.down();
+  await page.mouse.move(sidebar.x + width, y, { steps: 5 });
+  await page.mouse.up();
+}
+
+/** Opens the Docker environments panel in the left sidebar (unless it is open). */
+export async function openPanel(page: Page): Promise<void> {
+  const tab = page.locator(
+    '.jp-SideBar .lm-TabBar-tab[data-id="jupyter-docker-env-panel"]'
+  );
+  // Clicking the tab of the open panel would close it.
+  if (!/lm-mod-current/.test((await tab.getAttribute('class')) ?? '')) {
+    await tab.click();
+  }
+  await page.getByTestId('docker-env-panel').waitFor();
+}

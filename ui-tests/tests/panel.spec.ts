@@ -1,6 +1,6 @@
 import * as path from 'path';
 
-import { expect, Page, test } from '@playwright/test';
+import { APIRequestContext, expect, test } from '@playwright/test';
 
 import {
   API_URL,
@@ -9,8 +9,10 @@ import {
   BUILD_TIMEOUT,
   hideNotifications,
   openLab,
+  openPanel,
   SCREENSHOTS,
-  shutDownKernelsOf
+  shutDownKernelsOf,
+  widenSidebar
 } from './lab';
 
 /*
@@ -25,23 +27,6 @@ const PIP = (process.env.JDE_UITEST_PIP ?? '')
   .map(p => p.trim())
   .filter(p => p);
 const ENV_NAME = 'uitest';
-
-/** Drags the left sidebar's edge so that the panel is `width` pixels wide (for the screenshots). */
-async function widenSidebar(page: Page, width: number): Promise<void> {
-  const sidebar = await page.locator('#jp-left-stack').boundingBox();
-  const handle = page
-    .locator('#jp-main-split-panel > .lm-SplitPanel-handle')
-    .first();
-  const box = await handle.boundingBox();
-  if (!sidebar || !box) {
-    return;
-  }
-  const y = box.y + box.height / 2;
-  await page.mouse.move(box.x + box.width / 2, y);
-  await page.mouse.down();
-  await page.mouse.move(sidebar.x + width, y, { steps: 5 });
-  await page.mouse.up();
-}
 
 test('create, build and use an environment from the panel', async ({
   page,
@@ -63,13 +48,7 @@ test('create, build and use an environment from the panel', async ({
   await hideNotifications(page);
 
   // When the user opens the sidebar panel
-  const tab = page.locator(
-    '.jp-SideBar .lm-TabBar-tab[data-id="jupyter-docker-env-panel"]'
-  );
-  // Clicking the tab of the open panel would close it.
-  if (!/lm-mod-current/.test((await tab.getAttribute('class')) ?? '')) {
-    await tab.click();
-  }
+  await openPanel(page);
   const panel = page.getByTestId('docker-env-panel');
   await expect(panel).toBeVisible();
   await widenSidebar(page, 380);
@@ -270,7 +249,10 @@ test('create, build and use an environment from the panel', async ({
   await serving.getByTestId('operation-log-toggle').click();
   for (const open of ['kernel-resources', 'sharing']) {
     const section = card.getByTestId(open);
-    if ((await section.count()) && (await section.getAttribute('open')) !== null) {
+    if (
+      (await section.count()) &&
+      (await section.getAttribute('open')) !== null
+    ) {
       await section.locator(':scope > summary').click();
     }
   }

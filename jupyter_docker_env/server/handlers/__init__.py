@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from . import environments, notebooks, serving
+from . import environments, notebooks, runs, serving
 from .base import DockerEnvHandler
 
 HANDLERS: list[tuple[str, type[DockerEnvHandler]]] = [
     *environments.HANDLERS,
+    *runs.HANDLERS,
     *serving.HANDLERS,
     *notebooks.HANDLERS,
 ]

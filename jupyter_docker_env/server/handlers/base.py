@@ -20,6 +20,7 @@ from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
 from ...models import FieldError, nesting_depth
 from ...operations import Operation, OperationFailed
+from ...runs.manager import RunConflict, RunManager, RunNotFound, RunRefused
 from ...serving.builder import ServingNotFound
 from ...serving.manager import ServingManager
 
@@ -30,6 +31,7 @@ AUTH_RESOURCE = "docker_env"
 NAMESPACE = "jupyter-docker-env/api"
 ENV_NAME = r"(?P<name>[a-z0-9][a-z0-9_.-]{0,62})"
 OPERATION_ID = r"(?P<operation_id>[0-9a-f]{12})"
+RUN_ID = r"(?P<run_id>[0-9a-f]{12})"
 MAX_BODY_DEPTH = 32
 
 #: Domain errors and the HTTP status each one means.
@@ -37,9 +39,12 @@ STATUS_FOR: tuple[tuple[type[BaseException], int], ...] = (
     (FieldError, 400),
     (EnvReadOnly, 403),
     (EnvNotFound, 404),
+    (RunNotFound, 404),
     (ServingNotFound, 404),
     (EnvConflict, 409),
     (OperationFailed, 409),
+    (RunConflict, 409),
+    (RunRefused, 409),
     (NoSuchKernel, 409),
     (EngineUnavailable, 503),
 )
@@ -75,6 +80,10 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
     @property
     def environments(self) -> EnvironmentManager:
         return self.ext.environments
+
+    @property
+    def runs(self) -> RunManager:
+        return self.ext.runs
 
     @property
     def serving(self) -> ServingManager:

@@ -8,6 +8,7 @@ import { EnvHeader } from './EnvHeader';
 import { KernelResources } from './KernelResources';
 import { ErrorMessage, Note } from './Messages';
 import { OperationView } from './OperationView';
+import { Runs } from './Runs';
 import { Serving } from './Serving';
 import { Sharing } from './Sharing';
 import { IEnvSectionProps, IPanelActions } from './types';
@@ -84,6 +85,7 @@ export function EnvCard(props: IEnvCardProps): JSX.Element {
     actions,
     busy,
     run,
+    refreshEnv: async () => onChanged(await api.getEnv(env.name)),
     startOperation
   };
 
@@ -114,6 +116,7 @@ export function EnvCard(props: IEnvCardProps): JSX.Element {
       <KernelResources {...section} />
       <BuildControls {...section} />
       <Sharing {...section} />
+      <Runs {...section} />
       <Serving {...section} />
       {actionError && (
         <ErrorMessage testid="action-error">{actionError}</ErrorMessage>

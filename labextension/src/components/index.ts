@@ -7,6 +7,8 @@
  *       KernelResources  open a notebook/console, per-kernel cpus/memory/gpus
  *       BuildControls    build, without cache, from lock
  *       Sharing          push/pull; asks the registry only when opened or on Check
+ *       Runs             training runs: RunForm (notebook or command, parameters, resources),
+ *                        the live list of RunItem (state, duration, log, open, cancel, re-run)
  *       Serving          serving images from a model and a handler; sizes; push, delete
  *       OperationView    the running or last build/push/pull: progress, log, failure
  *       Details          kernel, folder, image, spec, LockView
@@ -58,6 +60,9 @@ export { NotebookEnvView } from './NotebookEnvView';
 export { OperationView } from './OperationView';
 export { PanelView } from './PanelView';
 export { ProgressView } from './ProgressView';
+export { RunForm } from './RunForm';
+export { RunItem } from './RunItem';
+export { Runs } from './Runs';
 export { Section } from './Section';
 export { Serving } from './Serving';
 export { Sharing } from './Sharing';
