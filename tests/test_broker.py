@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import threading
 import time
@@ -403,6 +405,52 @@ def test_a_run_is_confined_and_belongs_to_its_user(
     finally:
         assert jde_broker.call("DELETE", f"containers/{cid}").status_code == 204
     assert jde_broker.call("GET", f"containers/{cid}").status_code == 404
+
+
+def test_a_run_outlives_its_server_and_gives_back_what_it_made_to_its_user_only(
+    jde_broker: Running, alice_image: str, jde_engine: Engine
+) -> None:
+    # Given a detached run that writes into its own file system and reads its files
+    body = run_body(
+        alice_image,
+        command=["sh", "-c", "mkdir -p /tmp/out && cat /run/jde/spec.json > /tmp/out/made.txt"],
+        labels={JDE_TEST_LABEL: JDE_SESSION, L.RUN_ID: f"run-{SUFFIX}"},
+        files=[{"path": "/run/jde/spec.json", "data": base64.b64encode(b"42").decode()}],
+        detached=True,
+    )
+    started = check(jde_broker.call("POST", "containers", body=body), 201, "/containers", "POST")
+    cid = started["id"]
+    try:
+        # When it has ended, its user finds it by label, sees what changed and copies it out
+        found = jde_broker.call("GET", f"containers?label={L.RUN_ID}=run-{SUFFIX}")
+        assert [c["id"] for c in check(found, 200, "/containers", "GET")["containers"]] == [cid]
+        none = jde_broker.call("GET", f"containers?label={L.RUN_ID}=run-{SUFFIX}", "tok-bob")
+        assert none.json()["containers"] == []
+        deadline = time.monotonic() + 30
+        while jde_broker.call("GET", f"containers/{cid}").json()["running"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        changes = jde_broker.call("GET", f"containers/{cid}/changes")
+        assert (
+            "/tmp/out/made.txt" in check(changes, 200, "/containers/{id}/changes", "GET")["changes"]
+        )
+        tar = jde_broker.call("GET", f"containers/{cid}/archive?path=/tmp/out")
+        assert tar.status_code == 200
+        with tarfile.open(fileobj=io.BytesIO(tar.content)) as archive:
+            member = archive.extractfile("out/made.txt")
+            assert member is not None
+            assert member.read() == b"42"
+        # Then nobody else may look
+        assert jde_broker.call("GET", f"containers/{cid}/changes", "tok-bob").status_code == 404
+        theirs = jde_broker.call("GET", f"containers/{cid}/archive?path=/tmp/out", "tok-bob")
+        assert theirs.status_code == 404
+        missing = jde_broker.call("GET", f"containers/{cid}/archive?path=/nothing/here")
+        assert check(missing, 404, "/containers/{id}/archive", "GET")["field"] == "path"
+        # and only a run is detached
+        kernel = run_body(alice_image, role="kernel", detached=True)
+        assert jde_broker.call("POST", "containers", body=kernel).status_code == 400
+    finally:
+        jde_broker.call("DELETE", f"containers/{cid}")
 
 
 def test_a_working_directory_through_a_planted_symlink_is_not_followed(

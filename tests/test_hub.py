@@ -701,6 +701,52 @@ def test_the_single_user_server_says_why_the_broker_refused(
     )
 
 
+def test_a_training_run_goes_through_the_broker_too(
+    jde_hub: Hub, jde_kernels: dict[str, str], jde_engine: Engine
+) -> None:
+    # Given ada's server, whose runs use the kernels' back end (the broker), and a run that
+    # waits for a file in her workspace before it writes its own
+    ada, bo = USERS
+    code = (
+        "import os, time\n"
+        "while not os.path.exists('run-go.txt'): time.sleep(0.1)\n"
+        "open('from-run.txt', 'w').write(f'ran as {os.getuid()}')\n"
+    )
+    made = jde_hub.server(
+        ada,
+        "jupyter-docker-env/api/runs",
+        "POST",
+        {"env": "demo", "command": ["python", "-c", code]},
+    )
+    assert made.status_code == 201, made.text
+    run_id = made.json()["id"]
+    # When it runs, then its container is ada's, in her own network
+    (container,) = _wait(
+        "ada's run container", lambda: jde_engine.containers({L.RUN_ID: run_id}), seconds=180
+    )
+    assert container["Labels"][L.HUB_USER] == ada
+    attrs = jde_engine.inspect_container(container["Id"])
+    assert attrs is not None
+    assert list(attrs["NetworkSettings"]["Networks"]) == [f"{PREFIX}-user-{user_key(ada)}"]
+    # and bo's token finds nothing of it at the broker
+    assert jde_hub.broker_call(bo, "GET", f"containers?label={L.RUN_ID}={run_id}").json() == {
+        "containers": []
+    }
+    go = {"type": "file", "format": "text", "content": "go"}
+    assert jde_hub.server(ada, "api/contents/run-go.txt", "PUT", go).status_code in (200, 201)
+
+    def ended() -> Any:
+        run = jde_hub.server(ada, f"jupyter-docker-env/api/runs/{run_id}").json()
+        return run if run["state"] not in ("queued", "running") else None
+
+    # and once it ends it succeeded in her workspace, as her uid
+    run = _wait("ada's run", ended, seconds=180, every=1)
+    assert run["state"] == "succeeded", run
+    made_file = jde_hub.server(ada, "api/contents/from-run.txt").json()
+    assert made_file["content"] == "ran as 1000"
+    assert any(e["action"] == "run.start" and e["user"] == ada for e in jde_hub.audit())
+
+
 def test_kernels_of_a_server_that_died_are_removed_by_the_broker(
     jde_hub: Hub, jde_kernels: dict[str, str], jde_engine: Engine
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
@@ -108,6 +109,42 @@ class BrokerClient(SingletonConfigurable):
                 f"the launch broker at {self.url} cannot be reached: {exc}"
             ) from None
         return self._answer(url, response.status_code, response.text)
+
+    async def stream(self, path: str, write: Callable[[bytes], Any]) -> None:
+        """GET ``path`` and hand its body to ``write`` chunk by chunk (a tar of a run's files)."""
+        url = self.endpoint(path)
+        status, refusal = [0], bytearray()
+
+        def header(line: str) -> None:
+            if line.startswith("HTTP/"):
+                status[0] = int(line.split()[1])
+
+        def chunk(data: bytes) -> None:
+            if status[0] < 300:
+                write(data)
+            else:
+                refusal.extend(data)
+
+        request = HTTPRequest(
+            url,
+            headers=self._headers(),
+            request_timeout=self.timeout * 10,
+            connect_timeout=10,
+            header_callback=header,
+            streaming_callback=chunk,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except OSError as exc:
+            raise BrokerUnavailable(
+                f"the launch broker at {self.url} cannot be reached: {exc}"
+            ) from None
+        if response.code == 599:
+            raise BrokerUnavailable(
+                f"the launch broker at {self.url} cannot be reached: {response.error}"
+            )
+        if response.code >= 300:
+            self._answer(url, response.code, refusal.decode(errors="replace"))
 
     async def fetch(self, method: str, path: str, body: Any = None) -> Any:
         """One call from the event loop; the answer's JSON, or BrokerError."""

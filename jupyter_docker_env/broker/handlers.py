@@ -9,6 +9,7 @@ JSON ``{message, field}`` with its status; anything unexpected is a logged 500 w
 from __future__ import annotations
 
 import json
+import tempfile
 from typing import Any
 
 from tornado import web
@@ -17,7 +18,7 @@ from ..containers import ContainerError
 from ..engine import EngineError, EngineUnavailable
 from ..models import nesting_depth
 from .identity import HubUnavailable, HubUsers, Unauthenticated
-from .policy import ConfigError, Identity, Refused
+from .policy import ConfigError, Identity, Refused, check_container_path, check_labels
 from .service import Broker
 
 MAX_DEPTH = 16
@@ -179,7 +180,10 @@ class BuildHandler(BrokerHandler):
 
 class ContainersHandler(BrokerHandler):
     async def get(self) -> None:
-        self.reply({"containers": await self.broker.list_containers(self.who, self.flag("all"))})
+        pairs = [raw.partition("=") for raw in self.get_arguments("label")]
+        labels = check_labels({k: v for k, _, v in pairs}) if pairs else None
+        found = await self.broker.list_containers(self.who, self.flag("all"), labels)
+        self.reply({"containers": found})
 
     async def post(self) -> None:
         launched = await self.broker.launch(self.who, self.body(), self.request.remote_ip or "")
@@ -222,6 +226,26 @@ class LogsHandler(BrokerHandler):
         self.reply({"logs": await self.broker.logs(self.who, container_id, tail)})
 
 
+class ChangesHandler(BrokerHandler):
+    async def get(self, container_id: str) -> None:
+        self.reply({"changes": await self.broker.changes(self.who, container_id)})
+
+
+class ArchiveHandler(BrokerHandler):
+    """A tar of a path in the container, streamed from a spooled copy (a run's outputs)."""
+
+    async def get(self, container_id: str) -> None:
+        path = check_container_path(self.get_argument("path", None))
+        with tempfile.SpooledTemporaryFile(max_size=8 * 1024**2) as tar:
+            await self.broker.archive(self.who, container_id, path, tar)
+            tar.seek(0)
+            self.set_header("Content-Type", "application/x-tar")
+            while chunk := tar.read(1024**2):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
 class SweepHandler(BrokerHandler):
     async def post(self) -> None:
         body = self.body()
@@ -243,5 +267,7 @@ def handlers(base: str) -> list[tuple[str, type[BrokerHandler]]]:
         (f"{api}/containers/{CONTAINER_ID}", ContainerHandler),
         (f"{api}/containers/{CONTAINER_ID}/signal", SignalHandler),
         (f"{api}/containers/{CONTAINER_ID}/logs", LogsHandler),
+        (f"{api}/containers/{CONTAINER_ID}/changes", ChangesHandler),
+        (f"{api}/containers/{CONTAINER_ID}/archive", ArchiveHandler),
         (f"{api}/sweep", SweepHandler),
     ]

@@ -494,6 +494,7 @@ CONTAINER_KEYS = (
     "files",
     "instance",
     "resources",
+    "detached",
 )
 RESOURCE_KEYS = ("cpus", "memory", "gpus", "pids")
 #: Keys of raw Docker bodies (and their aliases), with why the broker never takes them.
@@ -547,6 +548,7 @@ class ContainerIntent:
     memory: int
     gpus: int
     pids: int
+    detached: bool = False  # outlives the server that started it (a run)
 
 
 def decide_container(body: Any, who: Identity, policy: Policy) -> ContainerIntent:
@@ -563,6 +565,9 @@ def decide_container(body: Any, who: Identity, policy: Policy) -> ContainerInten
     limits = policy.limits_for(who)
     cpus, memory, gpus, pids = _resources(body.get("resources", {}), limits)
     ports = _ports(body.get("ports", []), role)
+    detached = body.get("detached", False)
+    if not isinstance(detached, bool) or (detached and role != "run"):
+        raise bad("detached", "true or false; only runs outlive their server")
     return ContainerIntent(
         role=role,
         image=image,
@@ -578,6 +583,7 @@ def decide_container(body: Any, who: Identity, policy: Policy) -> ContainerInten
         memory=memory,
         gpus=gpus,
         pids=pids,
+        detached=detached,
     )
 
 
@@ -619,7 +625,23 @@ def container_request(
         network=policy.network(who),
         ports=intent.ports,
         files=intent.files,
+        detached=intent.detached,
     )
+
+
+def check_labels(value: Any) -> dict[str, str]:
+    """Labels to find containers by (the broker's own may be named too)."""
+    if not isinstance(value, dict) or not 1 <= len(value) <= 8:
+        raise bad("label", "one to eight KEY=VALUE labels")
+    for key, val in value.items():
+        if not _LABEL_KEY.fullmatch(key) or not isinstance(val, str) or len(val) > 1024:
+            raise bad("label", f"{key!r} is not a label name (lowercase, digits, . _ / -)")
+    return dict(value)
+
+
+def check_container_path(value: Any) -> str:
+    """An absolute path inside a container (to copy out of it)."""
+    return _abs_path(value, "path")
 
 
 def check_instance(value: Any) -> str:

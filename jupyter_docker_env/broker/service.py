@@ -26,15 +26,15 @@ import shutil
 import stat
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .. import labels as L
 from ..containers import ContainerState
 from ..containers.local import LocalBackend
-from ..engine import APIError, Engine
+from ..engine import APIError, Engine, NotFound
 from ..environments import lock
 from ..environments.images import BuildSettings, ImageBuilder
 from ..environments.spec import SpecError, image_reference, load
@@ -556,9 +556,14 @@ class Broker:
         await self.owned(who, container_id)
         return await self.containers.logs(container_id, tail)
 
-    async def list_containers(self, who: Identity, everyone: bool = False) -> list[dict[str, Any]]:
+    async def list_containers(
+        self, who: Identity, everyone: bool = False, labels: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The user's kernels and runs (an admin's ``everyone``: all), with these labels."""
         user: str | None = None if everyone and self.policy.is_admin(who) else who.name
-        found = await self.engine.run(self.engine.containers, {L.MANAGED: "true", L.HUB_USER: user})
+        found = await self.engine.run(
+            self.engine.containers, {**(labels or {}), L.MANAGED: "true", L.HUB_USER: user}
+        )
         return [
             {
                 "id": c["Id"],
@@ -574,6 +579,19 @@ class Broker:
             for c in found
             if c["Labels"].get(L.ROLE) in ROLES
         ]
+
+    async def changes(self, who: Identity, container_id: str) -> list[str]:
+        """What a run added or changed in its own file system (its mounts left out)."""
+        await self.owned(who, container_id)
+        return await self.containers.changes(container_id)
+
+    async def archive(self, who: Identity, container_id: str, path: str, into: IO[bytes]) -> None:
+        """A tar of ``path`` in one of the user's containers (a run's outputs), into ``into``."""
+        await self.owned(who, container_id)
+        try:
+            await self.containers.copy_from(container_id, path, into)
+        except NotFound:
+            raise Refused(404, f"path: {path} is not in the container", "path") from None
 
     async def sweep(self, who: Identity, instance: Any) -> list[str]:
         instance = check_instance(instance)

@@ -1,6 +1,7 @@
 """Containers started by the launch broker (``c.DockerEnvProvisioner.backend = "broker"``).
 
-For a single-user server on a shared JupyterHub, which has no Docker socket: each
+For a single-user server on a shared JupyterHub, which has no Docker socket (its kernels, and
+its training runs, which use the kernels' back end): each
 :class:`~..containers.ContainerRequest` is sent to the broker as intent — image, command, working
 directory, environment, ports, files, resources — and the broker decides the rest (the user's
 uid/gid, the workspace volume, the user's network, limits). The request's own ``uid``, ``gid``,
@@ -16,8 +17,9 @@ restarts), so the ports are booked here, per server instance.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ..broker.client import BrokerClient, BrokerError, quoted
 from ..engine import Engine
@@ -53,6 +55,7 @@ def request_body(request: ContainerRequest) -> dict[str, Any]:
         ],
         "instance": request.instance_id,
         "resources": resources,
+        "detached": request.detached,
     }
 
 
@@ -112,6 +115,23 @@ class BrokerBackend:
     async def logs(self, container_id: str, tail: int = 20) -> str:
         data = await self._call("GET", f"containers/{quoted(container_id)}/logs?tail={int(tail)}")
         return str((data or {}).get("logs", ""))
+
+    async def changes(self, container_id: str) -> list[str]:
+        data = await self._call("GET", f"containers/{quoted(container_id)}/changes")
+        return [str(p) for p in (data or {}).get("changes", [])]
+
+    async def copy_from(self, container_id: str, path: str, into: IO[bytes]) -> None:
+        try:
+            await self.client.stream(
+                f"containers/{quoted(container_id)}/archive?path={quoted(path)}", into.write
+            )
+        except BrokerError as exc:
+            raise _container_error(exc) from exc
+
+    async def find(self, labels: Mapping[str, str]) -> list[str]:
+        query = "&".join(f"label={quoted(f'{k}={v}')}" for k, v in labels.items())
+        data = await self._call("GET", f"containers?{query}")
+        return [str(c["id"]) for c in (data or {}).get("containers", [])]
 
     async def sweep(self, instance_id: str) -> list[str]:
         data = await self._call("POST", "sweep", {"instance": instance_id})

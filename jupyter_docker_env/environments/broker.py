@@ -49,6 +49,21 @@ NO_REGISTRY = (
 )
 
 
+NO_ENGINE = (
+    "this server has no Docker engine of its own: on this hub the launch broker builds "
+    "environments and starts kernels and runs, and what was asked here (a --snapshot run, a "
+    "serving image) is not available through it"
+)
+
+
+class NoLocalEngine(Engine):
+    """The engine of a server that has none: whatever reaches for it learns why, in words."""
+
+    @property
+    def client(self) -> Any:
+        raise EngineUnavailable(NO_ENGINE)
+
+
 def image_summaries(rows: list[dict[str, Any]], bases: dict[str, str]) -> _Images:
     """The broker's image listing as the environment service indexes the engine's."""
     ids: dict[str, str] = dict(bases)
@@ -266,6 +281,9 @@ class BrokerEnvironmentManager(EnvironmentManager):
         client: BrokerClient | None = None,
         **kwargs: Any,
     ) -> None:
+        # The server's engine is not there: the runs service (which uses this one) and any
+        # other code that reaches for it get an error that says so.
+        engine = NoLocalEngine()
         super().__init__(settings, root_dir, engine, kernels_dir, **kwargs)
         self.client = client or BrokerClient.instance(parent=self)
         self.images = BrokerImageBuilder(self.client, engine, self.images.settings)
