@@ -16,12 +16,13 @@ FRONTEND := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension
 
 ## install: a virtualenv with the package (editable, frontend built) and the dev tools
 install: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml $(FRONTEND) ui-tests/package.json
+$(VENV)/.installed: pyproject.toml $(FRONTEND) ui-tests/package.json tests/hub/package.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	$(BIN)/jupyter server extension enable --sys-prefix jupyter_docker_env >/dev/null
 	cd ui-tests && npm ci --no-audit --no-fund --loglevel=error
+	cd tests/hub && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## docker: a Docker engine, a registry on 127.0.0.1:5000 and a base image; prints its reference last
@@ -55,4 +56,4 @@ bench: install
 
 clean:
 	rm -rf $(VENV) jupyter_docker_env/labextension labextension/lib labextension/node_modules \
-	  ui-tests/node_modules .lab-workspace
+	  ui-tests/node_modules tests/hub/node_modules .lab-workspace

@@ -548,6 +548,23 @@ class Engine:
         filters = [k if v is None else f"{k}={v}" for k, v in labels.items()]
         return list(self._call(self.client.api.containers, all=True, filters={"label": filters}))
 
+    # -- networks and volumes (used by the launch broker) ------------------------------------
+    def inspect_network(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call(self.client.api.inspect_network, name)  # type: ignore[no-any-return]
+        except docker.errors.NotFound:
+            return None
+
+    def remove_volume(self, name: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(self.client.api.remove_volume, name, force=True)
+
+    def inspect_volume(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call(self.client.api.inspect_volume, name)  # type: ignore[no-any-return]
+        except docker.errors.NotFound:
+            return None
+
     # -- kernels (used by the provisioner) -----------------------------------------------
     def api_version(self) -> str:
         return str(self._call(self.client.version).get("ApiVersion", ""))

@@ -45,6 +45,9 @@ RUN_ID = label("run-id")  # a run's container and its snapshot image
 WORKSPACE = label("workspace")  # the host folder whose runs a run's container belongs to
 SNAPSHOT = label("snapshot")  # a run image: content hash of the code copied into it
 POOL = label("pool")  # a warm pool's container: the placement (a hash) it serves
+# what the launch broker runs for hub users
+HUB_USER = label("hub-user")  # the hub user a container, network or build belongs to
+SERVER = label("server")  # the single-user server container that asked for a kernel
 
 
 def label_instruction(labels: dict[str, str]) -> str:

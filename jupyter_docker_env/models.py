@@ -26,6 +26,17 @@ class FieldError(ValueError):
         self.message = message
 
 
+def nesting_depth(value: Any, limit: int, level: int = 0) -> int:
+    """How deeply a decoded JSON value nests (counting stops past ``limit``)."""
+    if level > limit:
+        return level
+    if isinstance(value, dict):
+        return max((nesting_depth(v, limit, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((nesting_depth(v, limit, level + 1) for v in value), default=level + 1)
+    return level
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """What an environment folder asks for, normalized so that equal specs hash equal."""

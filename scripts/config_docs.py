@@ -10,6 +10,8 @@ from pathlib import Path
 
 from traitlets import HasTraits
 
+from jupyter_docker_env.broker.app import DockerEnvBroker
+from jupyter_docker_env.broker.client import BrokerClient
 from jupyter_docker_env.containers.swarm import SwarmBackend
 from jupyter_docker_env.kernels.provisioner import DockerEnvProvisioner
 from jupyter_docker_env.runs.manager import RunManager
@@ -27,6 +29,14 @@ Put these in `jupyter_server_config.py` (or pass them as `--DockerEnvApp.name=va
 Training runs follow the kernels' container rules (`user`, `allow_root`, `home`, `env_allowlist`,
 `extra_env`, `extra_labels`, `pids_limit`, `network`, `backend`, and `cpus`, `mem_limit`, `gpus`
 as defaults) from `c.DockerEnvProvisioner`; `c.RunManager` holds what only runs have.
+"""
+
+BROKER = """
+## The launch broker
+
+`jupyter-docker-env-broker` (a JupyterHub service, or run alone) reads these from
+`jupyter_docker_env_broker_config.py` in its working directory (or `--config FILE`), or from
+`--DockerEnvBroker.name=value` on its command line. See the README's "Shared JupyterHub".
 """
 
 
@@ -48,7 +58,7 @@ def section(cls: type[HasTraits], own: type[HasTraits] | None = None) -> str:
 def render() -> str:
     from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
     from jupyter_server.extension.application import ExtensionApp
-    from traitlets.config import LoggingConfigurable
+    from traitlets.config import Application, LoggingConfigurable, SingletonConfigurable
 
     return (
         INTRO
@@ -56,6 +66,9 @@ def render() -> str:
         + section(DockerEnvProvisioner, KernelProvisionerBase)
         + section(SwarmBackend, LoggingConfigurable)
         + section(RunManager)
+        + section(BrokerClient, SingletonConfigurable)
+        + BROKER
+        + section(DockerEnvBroker, Application)
     )
 
 

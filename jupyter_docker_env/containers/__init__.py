@@ -75,7 +75,9 @@ class ContainerRequest:
     name: str
     image: str
     command: tuple[str, ...]
-    workspace: str  # host folder, mounted read-write at the same path ("": none, serving)
+    # host folder, mounted read-write at the same path, or a named volume (workspace_mount says
+    # where); "": none (serving)
+    workspace: str
     working_dir: str
     uid: int
     gid: int
@@ -99,6 +101,9 @@ class ContainerRequest:
     detached: bool = False
     #: May be served from a warm pool (a hint; see :class:`WarmStart`). None: always cold.
     warm: WarmStart | None = None
+    #: Where the workspace appears in the container; "": at ``workspace`` (a host folder).
+    #: A named volume (the broker mounts DockerSpawner's per-user volume) needs one.
+    workspace_mount: str = ""
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ class WarmPools(Protocol):
 #: "local" is the local engine with warm pools (they stay off until a server enables them).
 BACKENDS = {
     "local": "jupyter_docker_env.containers.pool.PooledLocalBackend",
+    "broker": "jupyter_docker_env.containers.broker.BrokerBackend",
     "swarm": "jupyter_docker_env.containers.swarm.SwarmBackend",
 }
 
@@ -239,7 +245,12 @@ def hardening(request: ContainerRequest) -> dict[str, Any]:
         "security_opt": ["no-new-privileges:true"],
         "privileged": False,
         "volumes": (
-            {request.workspace: {"bind": request.workspace, "mode": "rw"}}
+            {
+                request.workspace: {
+                    "bind": request.workspace_mount or request.workspace,
+                    "mode": "rw",
+                }
+            }
             if request.workspace
             else {}
         ),

@@ -108,12 +108,7 @@ class LocalBackend:
         if await self.mode() == "published":
             return wanted  # published on 127.0.0.1 under the same numbers
         sandbox = self._sandboxes.setdefault((instance_id, network), _Sandbox())
-        if wanted and all(p in sandbox.ports for p in wanted):
-            return wanted  # a restart: same ports, same address
-        free = [p for p in _SANDBOX_PORTS if p not in sandbox.ports]
-        ports = random.sample(free, len(wanted))
-        sandbox.ports.update(ports)
-        return ports
+        return book_ports(sandbox.ports, wanted)
 
     def release_ports(self, network: str, instance_id: str, ports: list[int]) -> None:
         if sandbox := self._sandboxes.get((instance_id, network)):
@@ -301,6 +296,19 @@ class LocalBackend:
             self._sandboxes.pop(key, None)
         shutil.rmtree(self.files_dir / instance_id, ignore_errors=True)
         return removed
+
+
+def book_ports(taken: set[int], wanted: list[int]) -> list[int]:
+    """Ports for a kernel in a network sandbox whose kernels hold ``taken`` (updated).
+
+    A restart keeps the ports it had (same address, same ports: open connections survive).
+    """
+    if wanted and all(p in taken for p in wanted):
+        return wanted
+    free = [p for p in _SANDBOX_PORTS if p not in taken]
+    ports = random.sample(free, len(wanted))
+    taken.update(ports)
+    return ports
 
 
 def write_host_file(path: Path, data: bytes, mode: int, uid: int, gid: int) -> None:

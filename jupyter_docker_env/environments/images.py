@@ -137,8 +137,7 @@ class ImageBuilder:
         elif base_ids is not None and spec.base in base_ids:
             base_id = base_ids[spec.base]
         else:
-            found_image = self.engine.inspect_image(spec.base)
-            base_id = str(found_image["Id"]) if found_image else ""
+            base_id = self.present_base_id(spec.base)
         if locked is not None and base_id:
             lock.check_base(locked, base_id)
         inputs = {f: files.read_bytes(folder, f) for f in dockerfile.input_files(spec)}
@@ -146,6 +145,11 @@ class ImageBuilder:
         renderer = dockerfile.RENDERER_VERSION + ("-locked" if locked else "")
         digest = spec_hash(spec, base_id, renderer, inputs) if base_id else ""
         return Plan(folder, spec, digest, BaseImage(image=spec.base, id=base_id), locked)
+
+    def present_base_id(self, ref: str) -> str:
+        """The id of a base image that is on the engine, "" when it is not (nothing pulled)."""
+        found = self.engine.inspect_image(ref)
+        return str(found["Id"]) if found else ""
 
     def _base_id(self, base: str, op: Operation | None) -> str:
         found = self.engine.inspect_image(base)

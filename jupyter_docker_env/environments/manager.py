@@ -116,6 +116,9 @@ class _Images:
 class EnvironmentManager(LoggingConfigurable):
     """Environments of one workspace (see the module's docstring)."""
 
+    #: The container back end its kernels use (the server sweeps that back end at start).
+    container_backend = "local"
+
     def __init__(
         self,
         settings: DockerEnvConfig,
@@ -615,7 +618,8 @@ class EnvironmentManager(LoggingConfigurable):
     def _load_records(self) -> None:
         folders = {name: loc.folder for name, loc in self.locations().items()}
         try:
-            self.notebook_records = environment_records(folders, self.engine.images(), self.images)
+            summaries = list(self._image_index().summaries.values())
+            self.notebook_records = environment_records(folders, summaries, self.images)
             self._records_loaded = True
         except EngineError as exc:
             self.log.warning("jupyter-docker-env: notebook records not refreshed: %s", exc)

@@ -593,6 +593,8 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
                 f"at {where} has no NVIDIA runtime ({exc}): install the NVIDIA Container Toolkit "
                 "on the Docker host, or turn gpu off for this environment."
             )
+        if exc.kind == "refused":
+            return PermissionError(f"The kernel was refused: {exc}")
         if exc.kind == "no-image":
             return RuntimeError(
                 f"The image {self.image} of environment {self.env_name or '?'} is not on the "

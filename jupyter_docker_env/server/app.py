@@ -85,7 +85,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         self.settings.update(docker_env=self)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        info = await self.engine.run(self.engine.info)
+        info = (await self.environments.status()).engine
         if not info.available:
             self.log.warning("jupyter-docker-env %s: %s", __version__, info.reason)
             return
@@ -98,8 +98,11 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             info.builder,
         )
         if self.sweep_on_start:
-            removed = await sweep_orphans(self.engine, self.instance_id)
-            backend = DockerEnvProvisioner(config=self.config).backend
+            # where this server's kernels run: the broker for a server on a shared hub (it has
+            # no engine of its own), else the configured back end beside the local engine
+            local = self.environments.container_backend == "local"
+            backend = DockerEnvProvisioner(config=self.config).backend if local else "broker"
+            removed = await sweep_orphans(self.engine, self.instance_id) if local else []
             if backend != "local":  # its services, secrets and networks too
                 removed += await sweep_orphans(self.engine, self.instance_id, backend, self.config)
             if removed:

@@ -18,7 +18,7 @@ from tornado import web
 
 from ...engine import EngineUnavailable
 from ...environments.manager import EnvConflict, EnvironmentManager, EnvNotFound, EnvReadOnly
-from ...models import FieldError
+from ...models import FieldError, nesting_depth
 from ...operations import Operation, OperationFailed
 from ...runs.manager import RunConflict, RunManager, RunNotFound, RunRefused
 from ...serving.builder import ServingNotFound
@@ -131,7 +131,7 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object", "body")
         for key, value in body.items():
-            if _depth(value, 1) > MAX_BODY_DEPTH:
+            if nesting_depth(value, MAX_BODY_DEPTH, 1) > MAX_BODY_DEPTH:
                 raise ApiError(400, "is nested too deeply", key)
         return body
 
@@ -149,13 +149,3 @@ class DockerEnvHandler(ExtensionHandlerMixin, APIHandler):
         """202 with the operation, which clients follow at its ``Location``."""
         self.set_header("Location", self.base_url + route(f"operations/{op.id}").lstrip("/"))
         self.reply(op.to_json(), status=202)
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_BODY_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level + 1)
-    return level
