@@ -37,6 +37,7 @@ from jupyter_docker_env.containers.pool import CLAIM_PIPE
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.kernels.provisioner import (
     CONNECTION_FILE,
+    CONTAINER_RUNTIME_DIR,
     DockerEnvProvisioner,
     instance_id_for,
     sweep_orphans,
@@ -45,7 +46,13 @@ from jupyter_docker_env.kernels.resources import parse_gpus, parse_memory
 from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
 from jupyter_docker_env.labels import label
 
-from .conftest import JDE_PREFIX, EngineProxy, jde_build_image, jde_kernel_spec_json
+from .conftest import (
+    JDE_PREFIX,
+    EngineProxy,
+    check_inside,
+    jde_build_image,
+    jde_kernel_spec_json,
+)
 
 INSTANCE = f"test-{uuid.uuid4().hex[:12]}"
 SECRET = "JDE_TEST_SERVER_SECRET"
@@ -355,7 +362,30 @@ async def test_the_container_is_labelled_limited_and_keeps_the_key_private(
     host = attrs["HostConfig"]
     assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (1_500_000_000, 1024**3, 1024)
     assert host["Binds"][0] == f"{jde_workspace}:{jde_workspace}:rw"
-    assert host["CapDrop"] == ["ALL"]
+    # And inside, the kernel (a pool's container when warm) and the network sandbox it joined
+    # are confined: nothing but the workspace, its files and HOME mounted, the limits it asked
+    owner = os.stat(jde_workspace)
+    files = CONTAINER_RUNTIME_DIR if prov.warm_started else CONNECTION_FILE
+    check_inside(
+        jde_engine,
+        str(prov.container_id),
+        kind="pool" if prov.warm_started else "kernel",
+        user=(owner.st_uid, owner.st_gid),
+        mounts={str(jde_workspace): "workspace", files: "ro", prov.home: "tmpfs"},
+        pids=1024,
+        memory=1024**3,
+        nano_cpus=1_500_000_000,
+    )
+    check_inside(
+        jde_engine,
+        attrs["HostConfig"]["NetworkMode"].removeprefix("container:"),
+        kind="sandbox",
+        user=(65534, 65534),
+        mounts={},
+        pids=8,
+        memory=32 * 1024**2,
+        read_only=True,
+    )
     # And the server's key is nowhere in what `docker inspect` shows, nor in the environment
     assert km.session.key.decode() not in json.dumps(attrs)
     # And inside, the connection file is the kernel user's alone, the kernel works in the
@@ -651,6 +681,7 @@ async def test_a_claimed_container_serves_one_kernel_and_is_never_handed_out_aga
     jde_pools: Callable[..., WarmPools],
     jde_engine: Engine,
     jde_instance: str,
+    jde_workspace: Path,
 ) -> None:
     # Given a kernel that took a waiting container of a pool of two
     km = await jde_kernels("warm", warm_pool_size=2)
@@ -670,6 +701,21 @@ async def test_a_claimed_container_serves_one_kernel_and_is_never_handed_out_aga
     await until(lambda: pools.pool_states(jde_instance)[0].ready == 2, 120, "a refill")
     waiting = {c["Id"] for c in pool_containers(jde_engine, jde_instance)} - {claimed}
     assert len(waiting) == 2
+    # And a waiting container is confined like the kernel it will become, its claim folder
+    # read-only
+    owner = os.stat(jde_workspace)
+    check_inside(
+        jde_engine,
+        sorted(waiting)[0],
+        kind="pool",
+        user=(owner.st_uid, owner.st_gid),
+        mounts={
+            str(jde_workspace): "workspace",
+            CONTAINER_RUNTIME_DIR: "ro",
+            provisioner(km).home: "tmpfs",
+        },
+        pids=1024,
+    )
     other = await jde_kernels("warm", warm_pool_size=2)
     assert provisioner(other).container_id in waiting
     # And the claimed container goes with its kernel

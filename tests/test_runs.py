@@ -39,7 +39,14 @@ from jupyter_docker_env.models import FieldError, RunRequest
 from jupyter_docker_env.runs import executor
 from jupyter_docker_env.runs.store import RunStore
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, jde_free_port
+from .conftest import (
+    CA_BUNDLE,
+    JDE_PREFIX,
+    JDE_SESSION,
+    JDE_TEST_LABEL,
+    check_inside,
+    jde_free_port,
+)
 from .test_api import API, check_schema
 
 CLI = str(Path(sys.executable).parent / "jupyter-docker-env")
@@ -464,6 +471,17 @@ def test_cancel_stops_the_run_and_keeps_its_partial_log_and_notebook(
     run_id = jde_cli("run", ENV, "long.ipynb", "--detach").stdout.strip()
     log = jde_workspace / ".docker-env" / "runs" / run_id / "run.log"
     wait_for(lambda: "tick 3" in log.read_text(), what="the notebook to tick")
+    # (its container is confined: the workspace and HOME its only mounts, the process limit)
+    (container,) = containers_of(jde_engine, run_id)
+    owner = os.stat(jde_workspace)
+    check_inside(
+        jde_engine,
+        container["Id"],
+        kind="run",
+        user=(owner.st_uid, owner.st_gid),
+        mounts={str(jde_workspace): "workspace", "/home/jupyter": "tmpfs"},
+        pids=1024,
+    )
     # When the user cancels it
     proc = jde_cli("runs", "cancel", run_id)
     assert "cancelled" in proc.stdout

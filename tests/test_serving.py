@@ -35,7 +35,7 @@ from jupyter_docker_env.serving import dockerfile, slim
 from jupyter_docker_env.serving.builder import Handler, Model
 from jupyter_docker_env.serving.runtime.wsgi import ServingApp
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
+from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, check_inside
 from .test_api import call, check_schema, jp_server_config, wait_operation
 from .test_cli import CLI, Cli
 
@@ -562,6 +562,17 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
     (container,) = serving()
     bindings = jde_engine.inspect_container(container["Id"])["HostConfig"]["PortBindings"]  # type: ignore[index]
     assert [b["HostIp"] for b in bindings["8080/tcp"]] == ["127.0.0.1"]
+    # and the container is confined: its user, a read-only root with only /tmp writable, no
+    # mount of the host, a process limit
+    check_inside(
+        jde_engine,
+        container["Id"],
+        kind="serving",
+        user=(10001, 10001),
+        mounts={"/tmp": "tmpfs"},
+        pids=1024,
+        read_only=True,
+    )
     assert http("POST", f"{url}/predict", b'{"features": [1, 1]}')[1]["prediction"] == 1.5
     jde_engine.remove_container(container["Id"])
 
