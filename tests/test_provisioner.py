@@ -467,6 +467,61 @@ async def test_a_forced_kill_and_a_kernel_that_dies_leave_no_container(
     assert jde_engine.inspect_container(str(dying_container)) is None
 
 
+def host_files(engine: Engine, container_id: str) -> list[Path]:
+    """The host folders of the server's files that the container mounts."""
+    attrs = engine.inspect_container(container_id)
+    assert attrs is not None
+    return [
+        Path(m["Source"]).parent if m["Destination"] == CONNECTION_FILE else Path(m["Source"])
+        for m in attrs["Mounts"]
+        if m["Destination"].startswith(CONTAINER_RUNTIME_DIR)
+    ]
+
+
+@pytest.mark.docker
+async def test_wait_alone_collects_the_container_of_a_kernel_that_ended(
+    jde_kernel: Callable[..., Any], jde_engine: Engine
+) -> None:
+    # Given a kernel that ended on its own (cold: its own container; warm: a pool's)
+    km = await jde_kernel()
+    prov = provisioner(km)
+    container = str(prov.container_id)
+    files = host_files(jde_engine, container)
+    assert files
+    assert all(f.is_dir() for f in files)
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    kc.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    kc.stop_channels()
+    # When jupyter_client waits for it, and nothing cleans up after (no cleanup())
+    code = await asyncio.wait_for(prov.wait(), timeout=60)
+    # Then wait() alone returned its exit code and left neither its container nor its files
+    assert code == 128 + signal.SIGKILL
+    assert jde_engine.inspect_container(container) is None
+    assert not any(f.exists() for f in files)
+
+
+@pytest.mark.docker
+async def test_cleanup_alone_removes_the_container_of_a_kernel_never_waited_for(
+    jde_kernel: Callable[..., Any], jde_engine: Engine
+) -> None:
+    # Given a running kernel (as when jupyter_client's wait for a killed kernel timed out)
+    km = await jde_kernel()
+    prov = provisioner(km)
+    container = str(prov.container_id)
+    files = host_files(jde_engine, container)
+    assert files
+    assert all(f.is_dir() for f in files)
+    # When only cleanup() runs (no wait())
+    await prov.cleanup(restart=False)
+    # Then it removed the container, its files, and gave its ports back
+    assert jde_engine.inspect_container(container) is None
+    assert not any(f.exists() for f in files)
+    assert prov._ports == []
+    assert not km.has_kernel
+
+
 @pytest.mark.docker
 async def test_a_kernel_past_its_memory_limit_is_reported_as_oom_killed(
     jde_kernel: Callable[..., Any], caplog: pytest.LogCaptureFixture
