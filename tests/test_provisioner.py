@@ -415,8 +415,10 @@ async def test_interrupt_restart_and_shutdown_behave_as_for_a_local_kernel(
     kc = km.client()
     kc.start_channels()
     await kc.wait_for_ready(timeout=60)
-    msg_id = kc.execute("x = 42\nimport time\ntime.sleep(120)")
-    await asyncio.sleep(1)
+    msg_id = kc.execute("x = 42\nprint('running', flush=True)\nimport time\ntime.sleep(120)")
+    while (msg := await kc.get_iopub_msg(timeout=30))["msg_type"] != "stream":
+        pass  # until the cell runs (an interrupt before it would find the kernel idle)
+    assert msg["parent_header"]["msg_id"] == msg_id
 
     # When it is interrupted, the cell stops with KeyboardInterrupt
     await km.interrupt_kernel()
