@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,29 @@ def test_every_route_of_the_handler_table_is_in_the_contract() -> None:
         if not any(v == verb and re.fullmatch(variant, concrete(p)) for p, v, _ in OPERATIONS)
     ]
     assert not missing, f"routes missing from openapi.yaml: {missing}"
+
+
+def served_routes(router: Any) -> Iterator[tuple[str, type]]:
+    """(pattern, handler class) of every route a tornado router serves, nested ones too."""
+    for rule in router.rules:
+        if hasattr(rule.target, "rules"):
+            yield from served_routes(rule.target)
+        elif isinstance(rule.target, type) and hasattr(rule.matcher, "regex"):
+            yield rule.matcher.regex.pattern, rule.target
+
+
+def test_the_server_serves_nothing_of_ours_beyond_the_handler_table(jp_serverapp: Any) -> None:
+    # (a route added elsewhere, e.g. in the app's start, would escape the tests above)
+    ours = {handler for _, handler in HANDLERS}
+    served = [
+        (pattern, handler)
+        for pattern, handler in served_routes(jp_serverapp.web_app.default_router)
+        if API in pattern or handler.__module__.startswith("jupyter_docker_env")
+    ]
+    assert len(served) == len(HANDLERS), served
+    for pattern, handler in served:
+        assert handler in ours, (pattern, handler)
+        assert any(pattern.endswith(p.removeprefix("/") + "$") for p, _ in HANDLERS), pattern
 
 
 def test_every_operation_of_the_contract_is_served() -> None:
