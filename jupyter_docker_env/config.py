@@ -132,6 +132,12 @@ class DockerEnvConfig(LoggingConfigurable):
         "HOST[:PORT]/NAMESPACE. Builds pull an image from it instead of building when its "
         "content-hash tag is there.",
     )
+    push_builds = Bool(
+        config=True,
+        help="Push each build (its content-hash and latest tags) to the registry, so that other "
+        "machines run the same image. Default: on when kernels run on a Swarm "
+        "(c.DockerEnvProvisioner.backend = 'swarm'), whose nodes pull images from the registry.",
+    )
     registry_username = Unicode(
         "", config=True, help="Registry user; empty: use the Docker config's credentials."
     )
@@ -157,6 +163,10 @@ class DockerEnvConfig(LoggingConfigurable):
         config=True,
         help="At start, remove kernel containers left behind by an earlier crash of this server.",
     )
+
+    @default("push_builds")
+    def _default_push_builds(self) -> bool:
+        return bool(self.config.get("DockerEnvProvisioner", {}).get("backend") == "swarm")
 
     @default("ca_bundle")
     def _default_ca_bundle(self) -> str:

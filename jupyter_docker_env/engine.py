@@ -23,7 +23,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -549,6 +549,9 @@ class Engine:
         return list(self._call(self.client.api.containers, all=True, filters={"label": filters}))
 
     # -- kernels (used by the provisioner) -----------------------------------------------
+    def api_version(self) -> str:
+        return str(self._call(self.client.version).get("ApiVersion", ""))
+
     def system_info(self) -> dict[str, Any]:
         """The engine's raw ``docker info`` (OS, security options, runtimes)."""
         return self._call(self.client.api.info)  # type: ignore[no-any-return]
@@ -617,6 +620,120 @@ class Engine:
         except docker.errors.NotFound:
             return ""
         return bytes(out).decode(errors="replace")
+
+    def connect_network(self, network: str, container_id: str) -> None:
+        self._call(self.client.api.connect_container_to_network, container_id, network)
+
+    # -- networks --------------------------------------------------------------------------
+    def networks(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        return list(self._call(self.client.api.networks, filters=_label_filter(labels)))
+
+    def create_network(self, name: str, **kwargs: Any) -> str:
+        """Create a network (``driver``, ``attachable``, ``labels``, ``options``); its id."""
+        return str(self._call(self.client.api.create_network, name, **kwargs)["Id"])
+
+    def in_swarm(self, network_id: str) -> bool:
+        """Is this network in the Swarm's store? (A removed overlay lingers in listings while
+        its last endpoints go.)"""
+        try:
+            self._call(self.client.api.inspect_network, network_id, scope="swarm")
+        except docker.errors.NotFound:
+            return False
+        return True
+
+    def remove_network(self, network_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(self.client.api.remove_network, network_id)
+
+    # -- swarm (the engine must be a manager) -----------------------------------------------
+    def create_service(self, spec: dict[str, Any]) -> str:
+        """Create a service from its API spec (Name, Labels, TaskTemplate, Mode, …); its id.
+
+        Registry credentials of the Docker config go with it, so nodes can pull.
+        """
+        args = {k: spec[k] for k in ("Labels", "Mode", "EndpointSpec") if k in spec}
+        created = self._call(
+            self.client.api.create_service,
+            spec["TaskTemplate"],
+            name=spec.get("Name"),
+            labels=args.get("Labels"),
+            mode=args.get("Mode"),
+            endpoint_spec=args.get("EndpointSpec"),
+        )
+        return str(created["ID"])
+
+    def scale_service(self, service_id: str, replicas: int) -> None:
+        """Set a replicated service's replicas (0 stops its tasks, keeping the service)."""
+        current = self.inspect_service(service_id)
+        if current is None:
+            return
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(
+                self.client.api.update_service,
+                service_id,
+                current["Version"]["Index"],
+                mode={"Replicated": {"Replicas": replicas}},
+                fetch_current_spec=True,
+            )
+
+    def inspect_service(self, service_id: str) -> dict[str, Any] | None:
+        try:
+            return self._call(self.client.api.inspect_service, service_id)  # type: ignore[no-any-return]
+        except docker.errors.NotFound:
+            return None
+
+    def services(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        return list(self._call(self.client.api.services, filters=_label_filter(labels)))
+
+    def remove_service(self, service_id: str) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self._call(self.client.api.remove_service, service_id)
+
+    def tasks(self, service_id: str) -> list[dict[str, Any]]:
+        """The service's tasks, newest first (none once the service is gone)."""
+        try:
+            found = self._call(self.client.api.tasks, filters={"service": service_id})
+        except docker.errors.NotFound:
+            return []
+        return sorted(found, key=lambda t: t.get("CreatedAt", ""), reverse=True)
+
+    def service_logs(self, service_id: str, tail: int = 20) -> str:
+        """The tasks' output, gathered from their nodes by the manager."""
+        try:
+            frames = self._call(
+                self.client.api.service_logs,
+                service_id,
+                stdout=True,
+                stderr=True,
+                tail=tail,
+                is_tty=False,
+            )
+            return b"".join(frames).decode(errors="replace")
+        except docker.errors.NotFound:
+            return ""
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self._call(self.client.api.nodes))
+
+    def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> str:
+        return str(self._call(self.client.api.create_secret, name, data, labels=labels)["ID"])
+
+    def secrets(self, labels: Mapping[str, str | None]) -> list[dict[str, Any]]:
+        return list(self._call(self.client.api.secrets, filters=_label_filter(labels)))
+
+    def remove_secret(self, secret_id: str) -> None:
+        try:
+            self._call(self.client.api.remove_secret, secret_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "in use" not in str(exc):  # its service is still going away: swept later
+                raise
+
+
+def _label_filter(labels: Mapping[str, str | None]) -> dict[str, list[str]]:
+    """A ``filters`` argument for objects with these labels (a None value: any)."""
+    return {"label": [k if v is None else f"{k}={v}" for k, v in labels.items()]}
 
 
 _LEGACY_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")

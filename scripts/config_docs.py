@@ -10,6 +10,7 @@ from pathlib import Path
 
 from traitlets import HasTraits
 
+from jupyter_docker_env.containers.swarm import SwarmBackend
 from jupyter_docker_env.kernels.provisioner import DockerEnvProvisioner
 from jupyter_docker_env.runs.manager import RunManager
 from jupyter_docker_env.server.app import DockerEnvApp
@@ -22,6 +23,7 @@ Generated from the code by `python scripts/config_docs.py`; do not edit by hand.
 Put these in `jupyter_server_config.py` (or pass them as `--DockerEnvApp.name=value` to
 `jupyter lab`). The `jupyter docker-env` command line reads the same files. Kernel spec
 `metadata.kernel_provisioner.config` entries set `DockerEnvProvisioner` traits per environment.
+`SwarmBackend` settings apply when `c.DockerEnvProvisioner.backend = "swarm"` (docs/swarm.md).
 Training runs follow the kernels' container rules (`user`, `allow_root`, `home`, `env_allowlist`,
 `extra_env`, `extra_labels`, `pids_limit`, `network`, `backend`, and `cpus`, `mem_limit`, `gpus`
 as defaults) from `c.DockerEnvProvisioner`; `c.RunManager` holds what only runs have.
@@ -46,11 +48,13 @@ def section(cls: type[HasTraits], own: type[HasTraits] | None = None) -> str:
 def render() -> str:
     from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
     from jupyter_server.extension.application import ExtensionApp
+    from traitlets.config import LoggingConfigurable
 
     return (
         INTRO
         + section(DockerEnvApp, ExtensionApp)
         + section(DockerEnvProvisioner, KernelProvisionerBase)
+        + section(SwarmBackend, LoggingConfigurable)
         + section(RunManager)
     )
 

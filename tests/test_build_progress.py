@@ -82,7 +82,7 @@ def test_a_failure_names_its_step_and_only_that_steps_tool_errors(builder: Image
     op = Operation(env="x", kind="build")
     noise = BuildEvent("line", "E: from another step", 2, 3)
     with pytest.raises(OperationFailed) as err:
-        builder._follow(iter([*events[:4], noise, *events[4:], parser.error]), op)
+        builder.follow(iter([*events[:4], noise, *events[4:], parser.error]), op)
     assert err.value.step == "Step 3/3: RUN apt-get install -y nope"
     assert str(err.value).splitlines()[1:] == [
         "E: Unable to locate package nope",

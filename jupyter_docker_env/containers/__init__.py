@@ -91,6 +91,9 @@ class ContainerRequest:
     #: Ports the server must reach (a kernel's five). Empty: nothing reaches in (runs).
     ports: tuple[int, ...] = ()
     files: tuple[ContainerFile, ...] = ()
+    #: Where it may run, for back ends with several nodes (Swarm constraints such as
+    #: "node.labels.pool==gpu"); one engine ignores them.
+    placement: tuple[str, ...] = ()
     #: Outlives the process that launched it (a run): never removed when that process exits, and
     #: its files are copied into it, so nothing on the host must be kept for it.
     detached: bool = False
@@ -205,7 +208,10 @@ class WarmPools(Protocol):
 
 #: Back ends by the name c.DockerEnvProvisioner.backend takes (or a dotted class path).
 #: "local" is the local engine with warm pools (they stay off until a server enables them).
-BACKENDS = {"local": "jupyter_docker_env.containers.pool.PooledLocalBackend"}
+BACKENDS = {
+    "local": "jupyter_docker_env.containers.pool.PooledLocalBackend",
+    "swarm": "jupyter_docker_env.containers.swarm.SwarmBackend",
+}
 
 
 def backend_class(name: str) -> type[Any]:

@@ -28,10 +28,13 @@ from traitlets.config import LoggingConfigurable
 
 from .. import __version__
 from .. import labels as L
+from ..containers.swarm import SwarmBackend
 from ..engine import Engine, EngineError, EngineUnavailable
 from ..kernels import kernelspecs
+from ..kernels.provisioner import DockerEnvProvisioner, backend_for
 from ..models import (
     BuildOptions,
+    BuildResult,
     Environment,
     EnvState,
     FieldError,
@@ -41,7 +44,7 @@ from ..models import (
     Status,
 )
 from ..notebooks.record import NotebookEnv, environment_records
-from ..operations import Operation, OperationManager
+from ..operations import Operation, OperationFailed, OperationManager
 from . import files, lock
 from .images import ImageBuilder, Plan
 from .spec import (
@@ -508,9 +511,35 @@ class EnvironmentManager(LoggingConfigurable):
         listeners: list[Callable[[Operation, str], None]] | None = None,
     ) -> Operation:
         """Start a build of the environment, or join the one running."""
-        return self._start(
-            loc, "build", lambda op: self.images.build(loc.folder, options, op), listeners
-        )
+        return self._start(loc, "build", lambda op: self._build(loc.folder, options, op), listeners)
+
+    def _build(self, folder: Path, options: BuildOptions, op: Operation) -> BuildResult:
+        """Build; for kernels on other machines, push, and pull on every Swarm node."""
+        result = self.images.build(folder, options, op)
+        if not self.settings.push_builds:
+            return result
+        if not self.settings.registry:
+            raise OperationFailed(
+                "built, but not pushed: c.DockerEnvApp.push_builds is on (kernels run on a "
+                "Swarm, whose nodes pull images from a registry) and no registry is set: set "
+                "c.DockerEnvApp.registry",
+                step="push",
+            )
+        pushed = self.images.push(folder, op)
+        swarm = self._swarm()
+        if swarm is not None and swarm.prepull and pushed.digest:
+            digest_ref = f"{pushed.image.rpartition(':')[0]}@{pushed.digest}"
+            op.emit(f"Pulling {digest_ref} on the Swarm's nodes (c.SwarmBackend.prepull)")
+            for failure in swarm.prepull_image(digest_ref, op.emit, op.check_cancelled):
+                op.emit(f"WARNING: not pulled on {failure}; kernels there pull at start")
+        return result
+
+    def _swarm(self) -> SwarmBackend | None:
+        """The Swarm back end the kernels run on, when they run on one."""
+        config = self.settings.config
+        name = DockerEnvProvisioner(config=config).backend
+        backend = backend_for(name, self.engine, config=config)
+        return backend if isinstance(backend, SwarmBackend) else None
 
     def push(
         self, loc: Location, listeners: list[Callable[[Operation, str], None]] | None = None

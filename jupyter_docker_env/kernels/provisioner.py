@@ -56,6 +56,7 @@ from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from jupyter_core.paths import jupyter_runtime_dir
 from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, Union, validate
+from traitlets.config import Config, Configurable
 
 from .. import labels as L
 from ..containers import (
@@ -122,25 +123,33 @@ _PROCESS_INSTANCE_ID = _process_instance_id()
 _backends: dict[tuple[str, str | None, str, Path], ContainerBackend] = {}
 
 
-def backend_for(name: str, engine: Engine, connect_mode: str = "auto") -> ContainerBackend:
+def backend_for(
+    name: str, engine: Engine, connect_mode: str = "auto", config: Config | None = None
+) -> ContainerBackend:
     """One back end per kind, engine, connect mode and runtime dir for the whole process (it
     holds state that kernels share, such as network sandboxes, their ports and warm pools; the
-    files it keeps for containers live in the runtime dir, where a later sweep looks)."""
+    files it keeps for containers live in the runtime dir, where a later sweep looks). A
+    configurable back end (Swarm) reads its settings from the first ``config`` it is built
+    with."""
     files = Path(jupyter_runtime_dir()) / "docker-env-files"
     key = (name, engine.host, connect_mode, files)
     if key not in _backends:
-        _backends[key] = backend_class(name)(engine, files, connect_mode)
+        cls = backend_class(name)
+        extra = {"config": config} if config is not None and issubclass(cls, Configurable) else {}
+        _backends[key] = cls(engine, files, connect_mode, **extra)
     return _backends[key]
 
 
-async def sweep_orphans(engine: Engine, instance_id: str, backend: str = "local") -> list[str]:
+async def sweep_orphans(
+    engine: Engine, instance_id: str, backend: str = "local", config: Config | None = None
+) -> list[str]:
     """Remove every container labelled with ``instance_id``, the files kept for them, and the
     connection files jupyter_client wrote for their kernels.
 
     Call it when a server starts (before any kernel of it runs): it removes the kernels, warm
     pools and network sandbox that a crashed predecessor with the same id left behind.
     """
-    removed = await backend_for(backend, engine).sweep(instance_id)
+    removed = await backend_for(backend, engine, config=config).sweep(instance_id)
     _sweep_connection_files(instance_id)
     return removed
 
@@ -259,8 +268,14 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
     ).tag(config=True)
     backend = Unicode(
         "local",
-        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), or the "
-        "dotted path of a ContainerBackend class.",
+        help="Where kernels' containers run: 'local' (the Docker engine at docker_host), "
+        "'swarm' (services of the Swarm whose manager is at docker_host; c.SwarmBackend.*), or "
+        "the dotted path of a ContainerBackend class.",
+    ).tag(config=True)
+    placement = List(
+        Unicode(),
+        help="Where the kernel may run, for back ends with several nodes: Swarm placement "
+        "constraints such as 'node.labels.pool==gpu'. The local back end ignores them.",
     ).tag(config=True)
     warm_pool_size = Int(
         1,
@@ -348,7 +363,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
 
     @property
     def containers(self) -> ContainerBackend:
-        return backend_for(self.backend, self.engine, str(self.connect_mode))
+        return backend_for(self.backend, self.engine, str(self.connect_mode), self.config)
 
     @property
     def _server(self) -> tuple[Any, Any]:
@@ -403,6 +418,10 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         cmd += kwargs.pop("extra_arguments", [])
         self.exit_code, self.oom_killed, self.exit_reason, self._stopping = None, False, None, False
         self.engine_lost = self._engine_silent = False
+        # A back end that cannot signal (Swarm: the kernel may be on another node) interrupts
+        # through the kernel's control channel.
+        if (mode := getattr(self.containers, "interrupt_mode", None)) and self.kernel_spec:
+            self.kernel_spec.interrupt_mode = mode
         return await super().pre_launch(cmd=cmd, **kwargs)
 
     def _note_connection_file(self, path: str) -> None:
@@ -508,6 +527,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
             # The kernel binds every interface of its container; only its user may read it.
             files=(ContainerFile(CONNECTION_FILE, connection_file, 0o400),),
             warm=self._warm_start(cmd),
+            placement=tuple(self.placement),
             **self._resources,
         )
 
@@ -597,7 +617,7 @@ class DockerEnvProvisioner(KernelProvisionerBase):  # type: ignore[misc]
         if state.running:
             return None
         if self.exit_code is None:
-            self._record_exit(state.exit_code or 0, state.oom_killed, "")
+            self._record_exit(state.exit_code or 0, state.oom_killed, state.error)
             if self.exit_reason and not self.oom_killed:
                 logs = await self.containers.logs(self.container_id)
                 self.log.error("Kernel %s output before it stopped:\n%s", self.kernel_id, logs)

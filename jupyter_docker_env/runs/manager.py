@@ -130,7 +130,7 @@ class RunManager(LoggingConfigurable):
         self.workspace = Path(os.path.abspath(workspace))
         #: Runs follow the kernels' container rules (user, HOME, variables, labels, limits).
         self.kernels = DockerEnvProvisioner(config=self.config)
-        self.backend = backend_for(self.kernels.backend, self.engine)
+        self.backend = backend_for(self.kernels.backend, self.engine, config=self.config)
         #: A server adopts runs whose preparing process died, and watches every running run.
         self.adopt = adopt
         try:

@@ -12,6 +12,7 @@ from traitlets import Bool
 
 from .. import __version__
 from ..config import DockerEnvConfig
+from ..containers.swarm import SwarmBackend
 from ..engine import Engine, shared_engine
 from ..environments.manager import EnvironmentManager
 from ..kernels.provisioner import DockerEnvProvisioner, instance_id_for, sweep_orphans
@@ -27,7 +28,7 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
     name = "jupyter_docker_env"
     description = "Reproducible Docker environments as Jupyter kernels"
     handlers = HANDLERS  # type: ignore[assignment]
-    classes = [DockerEnvProvisioner, RunManager]  # type: ignore[assignment]
+    classes = [DockerEnvProvisioner, SwarmBackend, RunManager]  # type: ignore[assignment]
 
     record_environment_in_notebooks = Bool(
         True,
@@ -98,6 +99,9 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
         )
         if self.sweep_on_start:
             removed = await sweep_orphans(self.engine, self.instance_id)
+            backend = DockerEnvProvisioner(config=self.config).backend
+            if backend != "local":  # its services, secrets and networks too
+                removed += await sweep_orphans(self.engine, self.instance_id, backend, self.config)
             if removed:
                 self.log.warning(
                     "jupyter-docker-env: removed %d kernel container(s) left by an earlier "

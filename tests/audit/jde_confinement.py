@@ -1,10 +1,11 @@
-"""Every container the extension creates is confined: checked where it is created, and from
-inside while it runs.
+"""Every container (and Swarm service) the extension creates is confined: checked where it is
+created, and from inside while it runs.
 
-Where it is created (:func:`install`): on ``Engine.create_container`` in the test process
-(conftest.py) and, through ``sitecustomize.py`` on PYTHONPATH, in every Python process the tests
-start (the CLI, JupyterLab, crash scripts), so a new kind of container cannot skip the check. A
-container that fails it is removed and the creation raises, naming what is wrong.
+Where it is created (:func:`install`): on ``Engine.create_container`` and
+``Engine.create_service`` in the test process (conftest.py) and, through ``sitecustomize.py`` on
+PYTHONPATH, in every Python process the tests start (the CLI, JupyterLab, crash scripts), so a
+new kind of container cannot skip the check. A container that fails it is removed and the
+creation raises, naming what is wrong.
 
 While it runs (:func:`check_inside`): the one helper that every kind's test calls on a running
 container of that kind. It reads ``docker inspect`` and, inside, every process's status
@@ -33,9 +34,10 @@ FORBIDDEN_SOURCES = ("/var/run/docker.sock", "/run/docker.sock", "/", "/etc", "/
 #: container's claim pipe), and the host folder those come from.
 FILES_DIR = "/run/jupyter-docker-env"
 HOST_FILES = "/docker-env-files/"
+RELAY_DIR = "/run/jupyter-docker-env-relay"
 #: The kinds of container the project starts, by role label: what each may mount besides
 #: tmpfs folders ("workspace": one host folder at its own path, read-write; "files": read-only
-#: files of the server under FILES_DIR).
+#: files of the server under FILES_DIR; "relay": the Swarm relay's socket folder at RELAY_DIR).
 KINDS: dict[str, frozenset[str]] = {
     "kernel": frozenset({"workspace", "files"}),
     "pool": frozenset({"workspace", "files"}),  # a warm pool's kernel, waiting for its claim
@@ -43,7 +45,11 @@ KINDS: dict[str, frozenset[str]] = {
     "run": frozenset({"workspace"}),  # its files are copied in: it outlives the server
     "serving": frozenset(),
     "inspect": frozenset(),  # reads what an image holds (the lock)
+    "relay": frozenset({"relay"}),  # Swarm: the network sandbox that relays kernels' ports
+    "prepull": frozenset(),  # Swarm: a job that pulls an image on every node (runs `true`)
 }
+#: Kinds that end as soon as they start: checked where they are created only, and why.
+ENDS_AT_ONCE = {"prepull": "its tasks run `true` on each node: nothing runs to look into"}
 #: Security options that undo Docker's default confinement.
 UNCONFINED = ("seccomp=unconfined", "seccomp:unconfined", "apparmor=unconfined", "label=disable")
 
@@ -97,21 +103,28 @@ def problems(attrs: dict[str, Any], network_owner: dict[str, Any] | None = None)
 
 
 def mount_problems(mounts: list[dict[str, Any]], allowed: frozenset[str]) -> list[str]:
-    """Anything mounted but the workspace at its own path and the server's files (read-only)."""
+    """Anything mounted but what the kind may have: the workspace at its own path (a bind, or on
+    Swarm a volume whose driver options name that path), the server's files (read-only), the
+    relay's folder."""
     found = []
     workspaces = []
     for mount in mounts:
-        source = str(mount.get("Source") or "")
+        kind, source = mount.get("Type"), str(mount.get("Source") or "")
         target = str(mount.get("Destination") or "")
+        options = json.dumps((mount.get("VolumeOptions") or {}).get("DriverConfig") or {})
         if source.rstrip("/") in FORBIDDEN_SOURCES or "docker.sock" in source:
             found.append(f"mounts {source}")
-        elif mount.get("Type") != "bind":
-            found.append(f"mounts a {mount.get('Type')} at {target}")
-        elif "workspace" in allowed and source == target and mount.get("RW"):
+        elif "workspace" in allowed and mount.get("RW") and kind == "bind" and source == target:
             workspaces.append(source)
+        elif "workspace" in allowed and mount.get("RW") and kind == "volume" and target in options:
+            workspaces.append(target)
+        elif kind != "bind":
+            found.append(f"mounts a {kind} at {target}")
         elif "files" in allowed and HOST_FILES in source and within(target, FILES_DIR):
             if mount.get("RW"):
                 found.append(f"mounts the server's files at {target} writable")
+        elif "relay" in allowed and target == RELAY_DIR and _relay_folder(source):
+            pass
         else:
             found.append(f"mounts {source} at {target}, which is not for this kind of container")
     if len(workspaces) > 1:
@@ -119,15 +132,65 @@ def mount_problems(mounts: list[dict[str, Any]], allowed: frozenset[str]) -> lis
     return found
 
 
+def _relay_folder(source: str) -> bool:
+    """A folder of the server's for the Swarm relay's control socket."""
+    name = source.rstrip("/").rpartition("/")[2]
+    return (HOST_FILES in source and name.startswith("relay-")) or name.startswith("jde-relay-")
+
+
 def within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def service_problems(spec: dict[str, Any]) -> list[str]:
+    """What is wrong with the confinement of a Swarm service's tasks, read from its spec."""
+    task = spec.get("TaskTemplate") or {}
+    container = task.get("ContainerSpec") or {}
+    role = (container.get("Labels") or {}).get(ROLE)
+    found = []
+    if role not in KINDS:
+        found.append(
+            f"an unknown kind of service (role label {role!r}): add it to KINDS in "
+            "tests/audit/jde_confinement.py and check it from inside in its test"
+        )
+    if (container.get("User") or "").split(":")[0] in ("", "0", "root"):
+        found.append(f"runs as root (User={container.get('User')!r})")
+    if "ALL" not in (container.get("CapabilityDrop") or []) or container.get("CapabilityAdd"):
+        found.append("keeps capabilities")
+    nnp = (container.get("Privileges") or {}).get("NoNewPrivileges")
+    if not nnp and (container.get("Args") or [])[:2] != ["setpriv", "--no-new-privs"]:
+        found.append("may gain privileges (neither NoNewPrivileges nor setpriv --no-new-privs)")
+    if not ((task.get("Resources") or {}).get("Limits") or {}).get("Pids"):
+        found.append("no process limit")
+    mounts = [
+        {
+            "Type": m.get("Type"),
+            "Source": m.get("Source"),
+            "Destination": m.get("Target"),
+            "RW": not m.get("ReadOnly"),
+        }
+        for m in container.get("Mounts") or []
+        if m.get("Type") != "tmpfs"
+    ]
+    found += mount_problems(mounts, KINDS.get(str(role), frozenset()), volume_workspace=True)
+    return found
+
+
 def install(engine_class: type) -> None:
-    """Check every container ``engine_class.create_container`` makes."""
+    """Check every container ``engine_class.create_container`` makes, and every Swarm service
+    ``create_service`` makes."""
     create = engine_class.create_container
     if getattr(create, "jde_audited", False):
         return
+    create_service = engine_class.create_service
+
+    @functools.wraps(create_service)
+    def audited_service(self: Any, spec: dict[str, Any]) -> str:
+        if found := service_problems(spec):
+            raise AssertionError(f"service {spec.get('Name')} is not confined: {'; '.join(found)}")
+        return str(create_service(self, spec))
+
+    engine_class.create_service = audited_service  # type: ignore[method-assign]
 
     @functools.wraps(create)
     def audited(self: Any, image: str, **kwargs: Any) -> dict[str, Any]:
