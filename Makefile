@@ -12,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 FRONTEND := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*) labextension/package.json labextension/yarn.lock
 
-.PHONY: lab test docker install lint pytest browser clean bench
+.PHONY: lab test docker install lint pytest browser clean bench mutants
 
 ## install: a virtualenv with the package (editable, frontend built) and the dev tools
 install: $(VENV)/.installed
@@ -45,6 +45,11 @@ lint: install
 ## test: lint, then every test against the real engine and a real browser
 test: install lint browser
 	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) $(BIN)/pytest $(PYTEST_ARGS)
+
+## mutants: put each safety fault of scripts/mutants.py into the code in turn, run the tests that
+## must catch it, and print the kill rate (not part of `make test`; MUTANTS_ARGS="--only hash")
+mutants: install
+	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) $(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
 ## lab: JupyterLab on a workspace with an example environment on the local base image
 lab: install

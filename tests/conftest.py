@@ -31,6 +31,8 @@ import jde_confinement  # noqa: E402
 
 jde_confinement.install(Engine)
 JDE_FIXTURE_LABEL = jde_confinement.FIXTURE
+# The one check, from inside, of a running container of each kind (see jde_confinement).
+check_inside = jde_confinement.check_inside
 
 # The image prefix of every test environment. Test runs side by side on one engine (e.g. in
 # two checkouts) set their own, so neither sweeps the other's images.
@@ -135,6 +137,7 @@ __all__ = [
     "JDE_SESSION",
     "JDE_TEST_LABEL",
     "JDE_TEST_LABELS",
+    "check_inside",
 ]
 
 

@@ -5,7 +5,7 @@ the base image's id is given, as one listing of the engine would give it."""
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments.dockerfile import RENDERER_VERSION
 from jupyter_docker_env.environments.images import BuildSettings, ImageBuilder
-from jupyter_docker_env.environments.spec import spec_hash
+from jupyter_docker_env.environments.spec import RUN_KEYS, spec_hash
 from jupyter_docker_env.models import EnvSpec
 
 BASE, BASE_ID = "python:3.12-slim", "sha256:" + "1" * 64
@@ -50,8 +50,18 @@ CHANGES = {
 }
 
 
-def h(spec: EnvSpec, base_id: str = BASE_ID, files: dict[str, bytes] | None = None) -> str:
-    return spec_hash(spec, base_id, RENDERER_VERSION, files or {"requirements.txt": b"six\n"})
+def h(
+    spec: EnvSpec,
+    base_id: str = BASE_ID,
+    files: dict[str, bytes] | None = None,
+    renderer: str = RENDERER_VERSION,
+) -> str:
+    return spec_hash(spec, base_id, renderer, files or {"requirements.txt": b"six\n"})
+
+
+def test_every_field_of_the_spec_is_either_changed_below_or_does_not_shape_the_image() -> None:
+    # a field added to EnvSpec must join CHANGES (or be a run setting, like warm)
+    assert set(CHANGES) == {f.name for f in fields(EnvSpec)} - {"name", *RUN_KEYS}
 
 
 @settings(max_examples=200, deadline=None)
@@ -64,12 +74,21 @@ def test_every_field_that_shapes_the_image_changes_the_hash(spec: EnvSpec) -> No
     assert h(spec, base_id="sha256:" + "2" * 64) != original
     assert h(spec, files={"requirements.txt": b"six==1.16.0\n"}) != original
     assert h(spec, files={"requirements.txt": b"six\n", "environment.yml": b"x"}) != original
+    # and so is the renderer's version: a new Dockerfile makes a new image
+    assert h(spec, renderer=RENDERER_VERSION + "+1") != original
 
 
 @settings(max_examples=200, deadline=None)
 @given(specs, words)
 def test_the_name_does_not_change_the_hash(spec: EnvSpec, name: str) -> None:
     assert h(replace(spec, name=name)) == h(spec)
+
+
+@settings(max_examples=50, deadline=None)
+@given(specs, st.none() | st.integers(min_value=0, max_value=8))
+def test_run_settings_do_not_change_the_hash(spec: EnvSpec, warm: int | None) -> None:
+    # how many kernels are kept warm changes how the image is used, not what it is
+    assert h(replace(spec, warm=warm)) == h(spec)
 
 
 def test_the_ca_bundle_and_the_index_do_not_change_the_planned_hash() -> None:

@@ -118,10 +118,11 @@ async def test_a_cell_killed_for_memory_says_so_and_the_kernel_is_idle_again_soo
         await notebook.until(status("restarting"), 60)
         shown = notebook.output_of(cell)
         assert "ran out of memory (limit 192 MiB)" in shown, notebook.messages[-5:]
-        # And the kernel is back and idle within a few seconds, saying why it restarted
+        # And the kernel comes back idle by itself (nothing runs in it meanwhile), saying why
+        # it restarted
         restarted = time.monotonic()
         while (model := await kernel_model(jp_fetch, kernel_id))["execution_state"] != "idle":
-            assert time.monotonic() - restarted < 10, model
+            assert time.monotonic() - restarted < 60, model
             await asyncio.sleep(0.2)
         assert "out of memory" in model.get("reason", "")
         # And the notebook, reconnecting as JupyterLab does after "restarting", is told the
@@ -173,8 +174,11 @@ async def test_a_kernel_that_died_with_the_engine_is_reported_dead_and_not_resta
         model = await kernel_model(jp_fetch, kernel_id)
         assert model["execution_state"] == "dead"
         assert "Start Docker again, then start a new kernel" in model["reason"]
+        # And its restarter has stopped: nothing polls or restarts it any more
+        km = jp_serverapp.kernel_manager.get_kernel(kernel_id)
+        assert km._restarter is not None
+        assert km._restarter._pcallback is None
         # And the server logged it in words, not restarter tracebacks
-        await asyncio.sleep(4)  # more than the restarter's interval
         assert "Traceback" not in caplog.text
         assert "stopped with the Docker engine" in caplog.text
         assert (await kernel_model(jp_fetch, kernel_id))["execution_state"] == "dead"

@@ -20,7 +20,7 @@ from jupyter_docker_env.environments.spec import SpecError
 from jupyter_docker_env.models import BuildResult, Lock
 
 from .builds import build, make_builder, make_env, venv_freeze
-from .conftest import JDE_PREFIX, jde_build_image
+from .conftest import JDE_PREFIX, check_inside, jde_build_image
 
 pytestmark = pytest.mark.docker
 RUN = uuid.uuid4().hex[:8]
@@ -104,6 +104,19 @@ def test_the_lock_names_everything_the_kernel_can_import(
     assert found.base.digest in base["RepoDigests"]
     # and the folder's lock file says the same
     assert lock.read(folder) == (found, result.spec_hash)
+    # and the throwaway container that read it from the image is confined: nobody, no network,
+    # a read-only root with only /tmp writable, limited
+    check_inside(
+        engine,
+        result.image,
+        kind="inspect",
+        user=(65534, 65534),
+        mounts={"/tmp": "tmpfs"},
+        pids=64,
+        memory=512 * 1024**2,
+        read_only=True,
+        network=False,
+    )
 
 
 def test_from_lock_builds_on_the_locked_digest_and_versions_after_the_base_tag_moved(

@@ -37,6 +37,7 @@ from jupyter_docker_env.containers.pool import CLAIM_PIPE
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.kernels.provisioner import (
     CONNECTION_FILE,
+    CONTAINER_RUNTIME_DIR,
     DockerEnvProvisioner,
     instance_id_for,
     sweep_orphans,
@@ -45,7 +46,13 @@ from jupyter_docker_env.kernels.resources import parse_gpus, parse_memory
 from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
 from jupyter_docker_env.labels import label
 
-from .conftest import JDE_PREFIX, EngineProxy, jde_build_image, jde_kernel_spec_json
+from .conftest import (
+    JDE_PREFIX,
+    EngineProxy,
+    check_inside,
+    jde_build_image,
+    jde_kernel_spec_json,
+)
 
 INSTANCE = f"test-{uuid.uuid4().hex[:12]}"
 SECRET = "JDE_TEST_SERVER_SECRET"
@@ -355,7 +362,30 @@ async def test_the_container_is_labelled_limited_and_keeps_the_key_private(
     host = attrs["HostConfig"]
     assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (1_500_000_000, 1024**3, 1024)
     assert host["Binds"][0] == f"{jde_workspace}:{jde_workspace}:rw"
-    assert host["CapDrop"] == ["ALL"]
+    # And inside, the kernel (a pool's container when warm) and the network sandbox it joined
+    # are confined: nothing but the workspace, its files and HOME mounted, the limits it asked
+    owner = os.stat(jde_workspace)
+    files = CONTAINER_RUNTIME_DIR if prov.warm_started else CONNECTION_FILE
+    check_inside(
+        jde_engine,
+        str(prov.container_id),
+        kind="pool" if prov.warm_started else "kernel",
+        user=(owner.st_uid, owner.st_gid),
+        mounts={str(jde_workspace): "workspace", files: "ro", prov.home: "tmpfs"},
+        pids=1024,
+        memory=1024**3,
+        nano_cpus=1_500_000_000,
+    )
+    check_inside(
+        jde_engine,
+        attrs["HostConfig"]["NetworkMode"].removeprefix("container:"),
+        kind="sandbox",
+        user=(65534, 65534),
+        mounts={},
+        pids=8,
+        memory=32 * 1024**2,
+        read_only=True,
+    )
     # And the server's key is nowhere in what `docker inspect` shows, nor in the environment
     assert km.session.key.decode() not in json.dumps(attrs)
     # And inside, the connection file is the kernel user's alone, the kernel works in the
@@ -385,8 +415,10 @@ async def test_interrupt_restart_and_shutdown_behave_as_for_a_local_kernel(
     kc = km.client()
     kc.start_channels()
     await kc.wait_for_ready(timeout=60)
-    msg_id = kc.execute("x = 42\nimport time\ntime.sleep(120)")
-    await asyncio.sleep(1)
+    msg_id = kc.execute("x = 42\nprint('running', flush=True)\nimport time\ntime.sleep(120)")
+    while (msg := await kc.get_iopub_msg(timeout=30))["msg_type"] != "stream":
+        pass  # until the cell runs (an interrupt before it would find the kernel idle)
+    assert msg["parent_header"]["msg_id"] == msg_id
 
     # When it is interrupted, the cell stops with KeyboardInterrupt
     await km.interrupt_kernel()
@@ -435,6 +467,61 @@ async def test_a_forced_kill_and_a_kernel_that_dies_leave_no_container(
     dying_container = provisioner(dying).container_id
     await dying.shutdown_kernel(now=True)
     assert jde_engine.inspect_container(str(dying_container)) is None
+
+
+def host_files(engine: Engine, container_id: str) -> list[Path]:
+    """The host folders of the server's files that the container mounts."""
+    attrs = engine.inspect_container(container_id)
+    assert attrs is not None
+    return [
+        Path(m["Source"]).parent if m["Destination"] == CONNECTION_FILE else Path(m["Source"])
+        for m in attrs["Mounts"]
+        if m["Destination"].startswith(CONTAINER_RUNTIME_DIR)
+    ]
+
+
+@pytest.mark.docker
+async def test_wait_alone_collects_the_container_of_a_kernel_that_ended(
+    jde_kernel: Callable[..., Any], jde_engine: Engine
+) -> None:
+    # Given a kernel that ended on its own (cold: its own container; warm: a pool's)
+    km = await jde_kernel()
+    prov = provisioner(km)
+    container = str(prov.container_id)
+    files = host_files(jde_engine, container)
+    assert files
+    assert all(f.is_dir() for f in files)
+    kc = km.client()
+    kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    kc.execute("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    kc.stop_channels()
+    # When jupyter_client waits for it, and nothing cleans up after (no cleanup())
+    code = await asyncio.wait_for(prov.wait(), timeout=60)
+    # Then wait() alone returned its exit code and left neither its container nor its files
+    assert code == 128 + signal.SIGKILL
+    assert jde_engine.inspect_container(container) is None
+    assert not any(f.exists() for f in files)
+
+
+@pytest.mark.docker
+async def test_cleanup_alone_removes_the_container_of_a_kernel_never_waited_for(
+    jde_kernel: Callable[..., Any], jde_engine: Engine
+) -> None:
+    # Given a running kernel (as when jupyter_client's wait for a killed kernel timed out)
+    km = await jde_kernel()
+    prov = provisioner(km)
+    container = str(prov.container_id)
+    files = host_files(jde_engine, container)
+    assert files
+    assert all(f.is_dir() for f in files)
+    # When only cleanup() runs (no wait())
+    await prov.cleanup(restart=False)
+    # Then it removed the container, its files, and gave its ports back
+    assert jde_engine.inspect_container(container) is None
+    assert not any(f.exists() for f in files)
+    assert prov._ports == []
+    assert not km.has_kernel
 
 
 @pytest.mark.docker
@@ -651,6 +738,7 @@ async def test_a_claimed_container_serves_one_kernel_and_is_never_handed_out_aga
     jde_pools: Callable[..., WarmPools],
     jde_engine: Engine,
     jde_instance: str,
+    jde_workspace: Path,
 ) -> None:
     # Given a kernel that took a waiting container of a pool of two
     km = await jde_kernels("warm", warm_pool_size=2)
@@ -670,6 +758,21 @@ async def test_a_claimed_container_serves_one_kernel_and_is_never_handed_out_aga
     await until(lambda: pools.pool_states(jde_instance)[0].ready == 2, 120, "a refill")
     waiting = {c["Id"] for c in pool_containers(jde_engine, jde_instance)} - {claimed}
     assert len(waiting) == 2
+    # And a waiting container is confined like the kernel it will become, its claim folder
+    # read-only
+    owner = os.stat(jde_workspace)
+    check_inside(
+        jde_engine,
+        sorted(waiting)[0],
+        kind="pool",
+        user=(owner.st_uid, owner.st_gid),
+        mounts={
+            str(jde_workspace): "workspace",
+            CONTAINER_RUNTIME_DIR: "ro",
+            provisioner(km).home: "tmpfs",
+        },
+        pids=1024,
+    )
     other = await jde_kernels("warm", warm_pool_size=2)
     assert provisioner(other).container_id in waiting
     # And the claimed container goes with its kernel

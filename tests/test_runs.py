@@ -39,7 +39,14 @@ from jupyter_docker_env.models import FieldError, RunRequest
 from jupyter_docker_env.runs import executor
 from jupyter_docker_env.runs.store import RunStore
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, jde_free_port
+from .conftest import (
+    CA_BUNDLE,
+    JDE_PREFIX,
+    JDE_SESSION,
+    JDE_TEST_LABEL,
+    check_inside,
+    jde_free_port,
+)
 from .test_api import API, check_schema
 
 CLI = str(Path(sys.executable).parent / "jupyter-docker-env")
@@ -464,6 +471,17 @@ def test_cancel_stops_the_run_and_keeps_its_partial_log_and_notebook(
     run_id = jde_cli("run", ENV, "long.ipynb", "--detach").stdout.strip()
     log = jde_workspace / ".docker-env" / "runs" / run_id / "run.log"
     wait_for(lambda: "tick 3" in log.read_text(), what="the notebook to tick")
+    # (its container is confined: the workspace and HOME its only mounts, the process limit)
+    (container,) = containers_of(jde_engine, run_id)
+    owner = os.stat(jde_workspace)
+    check_inside(
+        jde_engine,
+        container["Id"],
+        kind="run",
+        user=(owner.st_uid, owner.st_gid),
+        mounts={str(jde_workspace): "workspace", "/home/jupyter": "tmpfs"},
+        pids=1024,
+    )
     # When the user cancels it
     proc = jde_cli("runs", "cancel", run_id)
     assert "cancelled" in proc.stdout
@@ -778,6 +796,15 @@ class Server:
                 self.proc.kill()
 
 
+def gated(name: str, then: str) -> str:
+    """Python code that says "NAME begins", waits until the workspace has a file NAME.go (the
+    test creates it), then runs ``then``."""
+    return (
+        f"import os, time; print({name!r}, 'begins', flush=True)\n"
+        f"while not os.path.exists('{name}.go'): time.sleep(0.05)\n{then}"
+    )
+
+
 @pytest.fixture
 def jde_server(jde_workspace: Path, jde_tmp: Path, jde_engine: Engine) -> Iterator[Server]:
     srv = Server(jde_workspace, jde_tmp / "home")
@@ -791,12 +818,10 @@ def test_runs_survive_a_server_killed_with_sigkill(
 ) -> None:
     own(jde_workspace)
     jde_server.start()
-    # Given two runs: one ends while no server runs, the other after the next one started
-    short = "import time; print('short begins', flush=True); time.sleep(3); print('short ends')"
-    long = (
-        "import time; print('long begins', flush=True); time.sleep(12);"
-        "open('long.txt', 'w').write('done'); print('long ends')"
-    )
+    # Given two runs that each end once the test lets them (it creates their file): one while
+    # no server runs, the other after the next one started
+    short = gated("short", "print('short ends')")
+    long = gated("long", "open('long.txt', 'w').write('done'); print('long ends')")
     runs = [
         jde_server.call("POST", "runs", {"env": "runs-env", "command": ["python", "-c", code]})
         for code in (short, long)
@@ -811,6 +836,7 @@ def test_runs_survive_a_server_killed_with_sigkill(
     jde_server.kill()
     # Then the runs go on without it; the short one ends while no server runs
     short_container, long_container = (containers_of(jde_engine, r["id"])[0]["Id"] for r in runs)
+    (jde_workspace / "short.go").touch()
     wait_for(
         lambda: not (jde_engine.inspect_container(short_container) or {})["State"]["Running"],
         30,
@@ -829,6 +855,8 @@ def test_runs_survive_a_server_killed_with_sigkill(
     log = jde_server.call("GET", f"runs/{runs[0]['id']}/log")["log"]
     assert "short begins" in log
     assert "short ends" in log
+    assert jde_server.call("GET", f"runs/{runs[1]['id']}")["state"] == "running"
+    (jde_workspace / "long.go").touch()
     second = wait_for(lambda: ended(runs[1]["id"]), 60, "the long run to end")
     assert second["state"] == "succeeded"
     assert (jde_workspace / "long.txt").read_text() == "done"
@@ -842,7 +870,7 @@ def test_a_run_followed_by_the_cli_and_a_server_ends_once(
 ) -> None:
     own(jde_workspace)
     jde_server.start()
-    code = "import time; print('working', flush=True); time.sleep(4)"
+    code = gated("work", "print('done')")  # ends once the server has seen it run
     done: list[subprocess.CompletedProcess[str]] = []
     thread = threading.Thread(
         target=lambda: done.append(jde_cli("run", ENV, "--json", "--", "python", "-c", code))
@@ -854,6 +882,7 @@ def test_a_run_followed_by_the_cli_and_a_server_ends_once(
         120,
         "the server to list the running run",
     )
+    (jde_workspace / "work.go").touch()
     thread.join(120)
     run = as_json(done[0])
     assert (run["id"], run["state"]) == (listed[0]["id"], "succeeded")

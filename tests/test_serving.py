@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
@@ -35,7 +35,7 @@ from jupyter_docker_env.serving import dockerfile, slim
 from jupyter_docker_env.serving.builder import Handler, Model
 from jupyter_docker_env.serving.runtime.wsgi import ServingApp
 
-from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL
+from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, check_inside
 from .test_api import call, check_schema, jp_server_config, wait_operation
 from .test_cli import CLI, Cli
 
@@ -46,6 +46,7 @@ SERVING_PREFIX = f"{JDE_PREFIX}-serving/"
 DOCKER = shutil.which("docker") or "docker"  # the CLI, to run the image as a user would
 HANDLER = """\
 import json
+import os
 import time
 from pathlib import Path
 
@@ -57,6 +58,9 @@ MODEL = {}
 def load(path):
     MODEL.update(json.loads(Path(path).read_text()))
     time.sleep(MODEL.get("load_seconds", 0))
+    gate = os.environ.get("TEST_LOAD_GATE")  # loading ends once a test creates this file
+    while gate and not Path(gate).exists():
+        time.sleep(0.05)
 
 
 def predict(payload):
@@ -423,6 +427,13 @@ def built(demo: dict[str, Any], serving_sweep: None) -> dict[str, Any]:
     return serve_image(demo)
 
 
+def wait_until(check: Callable[[], bool], what: str, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {what}"
+        time.sleep(0.1)
+
+
 def docker_run(image: str, *args: str) -> tuple[str, str]:
     """`docker run -d` as a user would, published on loopback; (container id, URL)."""
     label = f"{JDE_TEST_LABEL}={JDE_SESSION}"
@@ -480,20 +491,25 @@ def test_a_serving_image_is_the_runtime_without_the_kernel_and_runs_unprivileged
 def test_docker_run_serves_predictions_and_answers_bad_requests_clearly(
     built: dict[str, Any], jde_engine: Engine
 ) -> None:
-    # Given the serving image started with `docker run` (a small request limit for the test)
-    container, url = docker_run(built["image"], "-e", "SERVING_MAX_REQUEST_BYTES=2000")
+    # Given the serving image started with `docker run` (a small request limit for the test),
+    # its model loading until the test lets it finish
+    gate = "/tmp/jde-test-loaded"
+    container, url = docker_run(
+        built["image"], "-e", "SERVING_MAX_REQUEST_BYTES=2000", "-e", f"TEST_LOAD_GATE={gate}"
+    )
     try:
-        # Then it is alive at once and ready once the model has loaded (it takes 2 s)
-        seen = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        # Then it is alive at once, and not ready while the model loads
+        def answers(path: str) -> int | None:
             with contextlib.suppress(OSError):  # not listening yet
-                seen.append((http("GET", f"{url}/healthz")[0], http("GET", f"{url}/readyz")[0]))
-            if seen and seen[-1] == (200, 200):
-                break
-            time.sleep(0.1)
-        assert (200, 503) in seen
-        assert seen[-1] == (200, 200)
+                return http("GET", f"{url}/{path}")[0]
+            return None
+
+        wait_until(lambda: answers("healthz") == 200, "the server to answer")
+        assert answers("readyz") == 503
+        # and ready once the model has loaded
+        subprocess.run([DOCKER, "exec", container, "touch", gate], check=True)
+        wait_until(lambda: answers("readyz") == 200, "the server to be ready")
+        assert answers("healthz") == 200
         # and its server runs as the image's unprivileged user
         uid = subprocess.run(
             [DOCKER, "exec", container, "python", "-c", "import os; print(os.getuid())"],
@@ -562,6 +578,17 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
     (container,) = serving()
     bindings = jde_engine.inspect_container(container["Id"])["HostConfig"]["PortBindings"]  # type: ignore[index]
     assert [b["HostIp"] for b in bindings["8080/tcp"]] == ["127.0.0.1"]
+    # and the container is confined: its user, a read-only root with only /tmp writable, no
+    # mount of the host, a process limit
+    check_inside(
+        jde_engine,
+        container["Id"],
+        kind="serving",
+        user=(10001, 10001),
+        mounts={"/tmp": "tmpfs"},
+        pids=1024,
+        read_only=True,
+    )
     assert http("POST", f"{url}/predict", b'{"features": [1, 1]}')[1]["prediction"] == 1.5
     jde_engine.remove_container(container["Id"])
 

@@ -6,6 +6,7 @@ may serve which start.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import time
@@ -18,7 +19,7 @@ import pytest
 from traitlets import TraitError
 
 from jupyter_docker_env.containers import ContainerFile, ContainerRequest, WarmStart
-from jupyter_docker_env.containers.pool import placement_key
+from jupyter_docker_env.containers.pool import CLAIM_PIPE, _deliver, placement_key
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments.spec import SpecError, parse, spec_hash
 from jupyter_docker_env.kernels.provisioner import (
@@ -114,6 +115,24 @@ def test_warm_pool_settings_that_cannot_work_are_refused_when_read() -> None:
         warm_pool_memory="1g", warm_pool_idle_timeout=60
     ).pool_settings()
     assert (settings.memory_budget, settings.idle_timeout, settings.gpus) == (1024**3, 60.0, False)
+
+
+async def test_a_claim_is_never_written_through_a_link_put_in_place_of_the_pipe(
+    tmp_path: Path,
+) -> None:
+    # Given a pool container's claim folder whose pipe was replaced by a link to a file that the
+    # server (often root) may write but its user may not
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    folder = tmp_path / "claim"
+    folder.mkdir()
+    (folder / CLAIM_PIPE).symlink_to(victim)
+    # When the server hands a claim to that container
+    with pytest.raises(OSError, match="Too many levels of symbolic links") as refused:
+        await _deliver(folder / CLAIM_PIPE, b'{"args": [], "cwd": "/", "env": {}}')
+    # Then the link is not followed (the start goes cold) and the file is untouched
+    assert refused.value.errno == errno.ELOOP
+    assert victim.read_text() == "precious\n"
 
 
 # -- a server's pools, through its API -------------------------------------------------------
