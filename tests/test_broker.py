@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -38,6 +39,7 @@ import jupyter_docker_env
 from jupyter_docker_env import labels as L
 from jupyter_docker_env.broker.app import DockerEnvBroker
 from jupyter_docker_env.broker.client import BrokerClient
+from jupyter_docker_env.broker.handlers import handlers as broker_handlers
 from jupyter_docker_env.broker.policy import CONTAINER_KEYS, user_key
 from jupyter_docker_env.config import DockerEnvConfig
 from jupyter_docker_env.engine import Engine
@@ -253,6 +255,79 @@ def run_body(image: str, **overrides: Any) -> dict[str, Any]:
     return body
 
 
+# -- the contract ----------------------------------------------------------------------------
+VERBS = ("get", "put", "post", "delete", "patch")
+
+
+def _operations() -> list[tuple[str, str]]:
+    return [
+        (path, verb.upper())
+        for path, item in OPENAPI["paths"].items()
+        for verb in item
+        if verb in VERBS
+    ]
+
+
+def _documented(pattern: str) -> str:
+    """A handler route as broker/openapi.yaml spells it."""
+    for group, name in (("container_id", "id"), ("operation_id", "id"), ("name", "name")):
+        pattern = re.sub(rf"\(\?P<{group}>[^)]*\)", f"{{{name}}}", pattern)
+    return pattern.removeprefix("/base/api")
+
+
+def test_every_route_of_the_broker_is_in_its_contract_with_the_same_verbs() -> None:
+    served = {
+        (_documented(pattern), verb.upper())
+        for pattern, handler in broker_handlers("/base")
+        for verb in VERBS
+        if getattr(handler, verb) is not getattr(web.RequestHandler, verb)
+    }
+    assert served == set(_operations())
+
+
+@pytest.mark.parametrize(("path", "method"), _operations())
+def test_every_broker_operation_refuses_a_caller_without_a_hub_token(
+    jde_broker: Running, path: str, method: str
+) -> None:
+    concrete = path.lstrip("/").replace("{id}", "abc123").replace("{name}", "demo")
+    for token in ("", "wrong"):
+        answer = jde_broker.call(method, concrete, token=token, body={})
+        assert answer.status_code == 401, (method, path, token, answer.text)
+        assert answer.json()["message"]
+
+
+def test_no_operation_lets_one_user_reach_anothers_builds_images_or_containers(
+    jde_broker: Running, alice_image: str
+) -> None:
+    # Given alice's environment, its build and a running container of hers
+    (alices_build, *_) = jde_broker.call("GET", "builds").json()["builds"]
+    started = jde_broker.call("POST", "containers", body=run_body(alice_image))
+    cid = check(started, 201, "/containers", "POST")["id"]
+    try:
+        ids = {"{id}": cid, "{name}": "demo"}
+        # When bob calls every operation that names one of them
+        for path, method in _operations():
+            if "{" not in path:
+                continue
+            concrete = path.lstrip("/")
+            for hole, value in ids.items():
+                concrete = concrete.replace(hole, value)
+            if path.startswith("/builds/"):
+                concrete = path.lstrip("/").replace("{id}", alices_build["id"])
+            query = "?path=/tmp" if path.endswith("/archive") else ""
+            body = {"signal": 15} if path.endswith("/signal") else None
+            answer = jde_broker.call(method, concrete + query, "tok-bob", body=body)
+            # Then each answers as if it did not exist
+            assert answer.status_code == 404, (method, path, answer.text)
+        # and alice's things are untouched
+        assert jde_broker.call("GET", f"containers/{cid}").json()["running"] is True
+        assert jde_broker.call("GET", f"builds/{alices_build['id']}").status_code == 200
+        images = jde_broker.call("GET", "images").json()["images"]
+        assert any(alice_image.rsplit(":", 1)[0] in str(i) for i in images)
+    finally:
+        jde_broker.call("DELETE", f"containers/{cid}")
+
+
 # -- identity --------------------------------------------------------------------------------
 def test_callers_are_identified_by_their_hub_token(jde_broker: Running) -> None:
     me = check(jde_broker.call("GET", "whoami"), 200, "/whoami", "GET")
@@ -413,9 +488,15 @@ def test_a_run_outlives_its_server_and_gives_back_what_it_made_to_its_user_only(
     # Given a detached run that writes into its own file system and reads its files
     body = run_body(
         alice_image,
-        command=["sh", "-c", "mkdir -p /tmp/out && cat /run/jde/spec.json > /tmp/out/made.txt"],
+        command=[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/out && cat /run/jupyter-docker-env/spec.json > /tmp/out/made.txt",
+        ],
         labels={JDE_TEST_LABEL: JDE_SESSION, L.RUN_ID: f"run-{SUFFIX}"},
-        files=[{"path": "/run/jde/spec.json", "data": base64.b64encode(b"42").decode()}],
+        files=[
+            {"path": "/run/jupyter-docker-env/spec.json", "data": base64.b64encode(b"42").decode()}
+        ],
         detached=True,
     )
     started = check(jde_broker.call("POST", "containers", body=body), 201, "/containers", "POST")
@@ -490,7 +571,12 @@ def test_a_kernel_gets_its_ports_on_the_users_network(
         role="kernel",
         command=["python", "-c", "import time; time.sleep(60)"],
         ports=[20001, 20002, 20003, 20004, 20005],
-        files=[{"path": "/run/jde/kernel.json", "data": base64.b64encode(b"{}").decode()}],
+        files=[
+            {
+                "path": "/run/jupyter-docker-env/kernel.json",
+                "data": base64.b64encode(b"{}").decode(),
+            }
+        ],
     )
     started = check(jde_broker.call("POST", "containers", body=body), 201, "/containers", "POST")
     try:

@@ -47,7 +47,8 @@ from jupyter_docker_env.kernels.provisioner import (
 from jupyter_docker_env.models import BuildOptions, RunRequest
 from jupyter_docker_env.runs.manager import RunManager
 
-from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, REPO, jde_build_image
+from .audit.jde_confinement import RELAY_DIR
+from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, REPO, check_inside, jde_build_image
 from .test_provisioner import (  # the same kernel specs and workspace, on another back end
     KernelSpecFactory,
     exit_code,
@@ -431,6 +432,18 @@ async def test_a_kernel_on_the_worker_runs_there_and_behaves_as_a_local_kernel(
     first = prov.container_id
     # Then its task runs on the worker
     assert task_of(jde_engine, km)["NodeID"] == jde_swarm.worker
+    # and the network sandbox that relays its ports on the server's node is confined
+    (relay,) = jde_engine.containers({L.ROLE: "relay", L.INSTANCE: INSTANCE})
+    check_inside(
+        jde_engine,
+        relay["Id"],
+        kind="relay",
+        user=(os.getuid(), os.getgid()) if os.getuid() else (65534, 65534),
+        mounts={RELAY_DIR: "rw"},
+        pids=64,
+        memory=64 * 1024**2,
+        read_only=True,
+    )
     # And it runs code, reads the workspace by relative path and owns what it writes
     content, out = await run_code(
         km,

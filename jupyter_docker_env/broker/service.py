@@ -135,7 +135,9 @@ class Broker:
         self.network_internal = network_internal
         self.log = log or logging.getLogger(__name__)
         self.audit_log = audit_logger()
-        self.containers = LocalBackend(engine, state_dir / "files", connect_mode="container-ip")
+        self.containers = LocalBackend(
+            engine, state_dir / "docker-env-files", connect_mode="container-ip"
+        )
         self.operations = OperationManager(workers=build_workers, log=self.log)
         self._owners: dict[str, tuple[str, str]] = {}  # operation id → (user, env name)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)

@@ -29,6 +29,7 @@ from typing import Any
 FIXTURE = "org.jupyter.docker-env.test-fixture"
 MANAGED = "org.jupyter.docker-env.managed"
 ROLE = "org.jupyter.docker-env.role"
+HUB_USER = "org.jupyter.docker-env.hub-user"
 FORBIDDEN_SOURCES = ("/var/run/docker.sock", "/run/docker.sock", "/", "/etc", "/root", "/proc")
 #: Where containers get the files the server gives them (a kernel's connection file, a pool
 #: container's claim pipe), and the host folder those come from.
@@ -98,14 +99,29 @@ def problems(attrs: dict[str, Any], network_owner: dict[str, Any] | None = None)
         found.append(f"devices {host['Devices']}")
     if host.get("VolumesFrom"):
         found.append(f"mounts the volumes of {host['VolumesFrom']}")
-    found += mount_problems(attrs.get("Mounts") or [], KINDS.get(str(role), frozenset()))
+    labels = config.get("Labels") or {}
+    allowed = KINDS.get(str(role), frozenset())
+    found += mount_problems(attrs.get("Mounts") or [], allowed, labels.get(HUB_USER))
     return found
 
 
-def mount_problems(mounts: list[dict[str, Any]], allowed: frozenset[str]) -> list[str]:
+def hub_users_workspace(mount: dict[str, Any], hub_user: str | None) -> bool:
+    """A container the launch broker starts for a hub user mounts that user's workspace (a
+    folder or a volume named after them, as DockerSpawner names it) where the broker puts it."""
+    if not hub_user or not mount.get("RW") or mount.get("Type") not in ("bind", "volume"):
+        return False
+    name = str(mount.get("Name") or "") or str(mount.get("Source") or "").rstrip("/")
+    from jupyter_docker_env.broker.policy import user_key  # only the broker's containers
+
+    return name.rsplit("/", 1)[-1].endswith(user_key(hub_user))
+
+
+def mount_problems(
+    mounts: list[dict[str, Any]], allowed: frozenset[str], hub_user: str | None = None
+) -> list[str]:
     """Anything mounted but what the kind may have: the workspace at its own path (a bind, or on
-    Swarm a volume whose driver options name that path), the server's files (read-only), the
-    relay's folder."""
+    Swarm a volume whose driver options name that path; or a hub user's own workspace where the
+    broker puts it), the server's files (read-only), the relay's folder."""
     found = []
     workspaces = []
     for mount in mounts:
@@ -118,6 +134,8 @@ def mount_problems(mounts: list[dict[str, Any]], allowed: frozenset[str]) -> lis
             workspaces.append(source)
         elif "workspace" in allowed and mount.get("RW") and kind == "volume" and target in options:
             workspaces.append(target)
+        elif "workspace" in allowed and hub_users_workspace(mount, hub_user):
+            workspaces.append(source)
         elif kind != "bind":
             found.append(f"mounts a {kind} at {target}")
         elif "files" in allowed and HOST_FILES in source and within(target, FILES_DIR):
@@ -172,7 +190,7 @@ def service_problems(spec: dict[str, Any]) -> list[str]:
         for m in container.get("Mounts") or []
         if m.get("Type") != "tmpfs"
     ]
-    found += mount_problems(mounts, KINDS.get(str(role), frozenset()), volume_workspace=True)
+    found += mount_problems(mounts, KINDS.get(str(role), frozenset()))
     return found
 
 
@@ -301,9 +319,10 @@ def check_inside(
     """Assert that the running container ``target`` of ``kind`` is confined as intended.
 
     ``mounts``: every mount it should have besides Docker's own, by mount point: "workspace"
-    (a host folder at its own path, read-write), "ro" (a read-only bind of the server's files) or
-    "tmpfs". ``pids``, ``memory`` (bytes) and ``nano_cpus`` are the limits it was asked for
-    (None: unlimited); ``read_only``: its root file system is; ``network``: it has one besides
+    (a host folder at its own path, read-write), "ro" (a read-only bind of the server's files),
+    "rw" (a writable folder the server made for it, as the relay's socket folder) or "tmpfs".
+    ``pids``, ``memory`` (bytes) and ``nano_cpus`` are the limits it was asked for (None:
+    unlimited); ``read_only``: its root file system is; ``network``: it has one besides
     loopback. For kind "inspect" ``target`` is an image: the probe runs as the command of the
     engine's throwaway inspect container (``run_output``), the only way into it.
 
@@ -405,6 +424,8 @@ def _mount_problems(seen: list[dict[str, Any]], wanted: Mapping[str, str], ro: b
             found.append(f"the workspace {point} is {root} ({mode}), not itself read-write")
         elif want == "ro" and mode != "ro":
             found.append(f"{point} is writable")
+        elif want == "rw" and (kind == "tmpfs" or mode != "rw"):
+            found.append(f"{point} is {root} ({kind}, {mode}), not a writable folder of the server")
     found += [f"{point} is not mounted" for point in sorted(set(wanted) - set(extra))]
     return found
 
