@@ -67,6 +67,7 @@ SERVE = (
 )
 LOCK = "tests/test_lock.py::test_the_lock_names_everything_the_kernel_can_import"
 HARDENING = "tests/test_hardening.py"
+BROKER_POLICY = "tests/test_broker_policy.py"
 HOLDER = "containers/__init__.py"  # hardening(): the confinement of every container
 
 
@@ -187,16 +188,16 @@ FAULTS: tuple[Fault, ...] = (
     fault(
         "the workspace is mounted read-only",
         HOLDER,
-        '{request.workspace: {"bind": request.workspace, "mode": "rw"}}',
-        '{request.workspace: {"bind": request.workspace, "mode": "ro"}}',
+        '"bind": request.workspace_mount or request.workspace,\n                    "mode": "rw",',
+        '"bind": request.workspace_mount or request.workspace,\n                    "mode": "ro",',
         KERNEL,
         NOTEBOOK,
     ),
     fault(
         "the workspace is mounted at another path",
         HOLDER,
-        '{request.workspace: {"bind": request.workspace, "mode": "rw"}}',
-        '{request.workspace: {"bind": "/workspace", "mode": "rw"}}',
+        '"bind": request.workspace_mount or request.workspace,',
+        '"bind": request.workspace_mount or "/workspace",',
         KERNEL,
         NOTEBOOK,
     ),
@@ -450,6 +451,65 @@ FAULTS: tuple[Fault, ...] = (
         "            uid=uid,\n            gid=gid,\n            instance_id=self.instance_id,\n",
         "            uid=0,\n            gid=0,\n            instance_id=self.instance_id,\n",
         "tests/test_runs.py::test_a_script_run_writes_its_model_into_the_workspace",
+    ),
+    # -- the launch broker (a shared hub: the only holder of the Docker socket) ------------------
+    fault(
+        "broker: a uid of 0 in the administrator's user mapping is accepted",
+        "broker/policy.py",
+        'if "0" in text and not text.strip("0+- \\t"):',
+        "if False:",
+        BROKER_POLICY,
+    ),
+    fault(
+        "broker: a user may start another user's images",
+        "broker/policy.py",
+        "if in_namespace(value, policy.namespace(who)) or in_namespace(value, policy.shared):",
+        "if True:",
+        BROKER_POLICY,
+        "tests/test_broker.py::test_bob_cannot_run_alices_environment",
+    ),
+    fault(
+        "broker: any base image may be built on (no allow-list)",
+        "broker/policy.py",
+        "return ref == self.default_base or base_allowed(ref, self.allowed_bases)",
+        "return True",
+        BROKER_POLICY,
+    ),
+    fault(
+        "broker: a raw Docker key such as privileged is passed over, not refused",
+        "broker/policy.py",
+        "            if key in FORBIDDEN:\n                raise denied(",
+        "            if key in ():\n                raise denied(",
+        BROKER_POLICY,
+    ),
+    fault(
+        "broker: more memory than the user's limit is granted",
+        "broker/policy.py",
+        "if memory > limits.memory:",
+        "if False:",
+        BROKER_POLICY,
+    ),
+    fault(
+        "broker: every user's kernels share one network",
+        "broker/policy.py",
+        'return f"{self.network_prefix}-{user_key(who.name)}"',
+        'return f"{self.network_prefix}-everyone"',
+        BROKER_POLICY,
+        "tests/test_broker.py::test_a_kernel_gets_its_ports_on_the_users_network",
+    ),
+    fault(
+        "broker: a user reaches another user's containers by id",
+        "broker/service.py",
+        "or (labels[L.HUB_USER] != who.name and not self.policy.is_admin(who))",
+        "or False",
+        "tests/test_broker.py::test_no_operation_lets_one_user_reach_anothers_builds_images_or_containers",
+    ),
+    fault(
+        "broker: a token that is no hub user's (a service's) is taken as a user",
+        "broker/identity.py",
+        'if whoami.get("kind") != "user" or not isinstance(whoami.get("name"), str):',
+        'if not isinstance(whoami.get("name"), str):',
+        "tests/test_broker.py::test_callers_are_identified_by_their_hub_token",
     ),
 )
 
