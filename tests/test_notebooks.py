@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -350,6 +351,54 @@ async def test_restore_from_the_command_line_builds_the_recorded_versions(
     assert (folder / SPEC_FILE).read_text().startswith("# kept as it is")
     assert (await call(jp_fetch, "envs/nbcli"))["lock"] == record["lock"]
     await call(jp_fetch, "envs/nbcli", "DELETE", expect=204)
+
+
+@docker
+async def test_run_without_a_folder_runs_a_notebook_on_its_own_environment(
+    jp_fetch: Any, jp_root_dir: Path, jde_base_image: str, jde_engine: Engine, jde_tmp: Path
+) -> None:
+    # Given a notebook saved on a built environment
+    await built(jp_fetch, "nbrun", jde_base_image)
+    await save(jp_fetch, "nb.ipynb", notebook_on("docker-env-nbrun"))
+    record = on_disk(jp_root_dir, "nb.ipynb")["metadata"]["docker_env"]
+    if os.geteuid() == 0:
+        os.chown(jp_root_dir, 1000, 1000)  # runs write as the workspace's owner
+    cli = Cli(jde_tmp / "home", f'c.DockerEnvApp.default_base = "{jde_base_image}"\n')
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CLI, "run", *args],
+            cwd=jp_root_dir,
+            env=cli.env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+
+    # When it is run without naming a folder
+    out = run("nb.ipynb", "--json")
+    # Then it ran on the environment it was saved on, and its cell ran there
+    assert out.returncode == 0, out.stderr[-3000:]
+    done = json.loads(out.stdout)
+    assert (done["env"], done["state"]) == ("nbrun", "succeeded")
+    executed = on_disk(jp_root_dir, done["output"])
+    assert "".join(executed["cells"][0]["outputs"][0]["data"]["text/plain"]) == "'1.16.0'"
+
+    # Given the environment and its image are gone
+    await call(jp_fetch, "envs/nbrun", "DELETE", expect=204)
+    forget(jde_engine, record["image"]["id"])
+    # When it is run again, it refuses, naming restore and the way to pick a folder
+    out = run("nb.ipynb")
+    assert out.returncode != 0
+    assert "jupyter docker-env restore nb.ipynb" in out.stderr
+    assert "jupyter docker-env run DIR nb.ipynb" in out.stderr
+    # and a plain notebook is told to name its folder
+    (jp_root_dir / "plain.ipynb").write_text(json.dumps(notebook_on("python3")))
+    out = run("plain.ipynb")
+    assert out.returncode != 0
+    assert "carries no environment" in out.stderr
+    assert "jupyter docker-env run DIR plain.ipynb" in out.stderr
 
 
 @docker

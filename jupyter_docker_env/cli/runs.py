@@ -24,8 +24,11 @@ import yaml
 
 from ..config import load_settings
 from ..containers.placement import working_dir_in
+from ..environments.manager import Location
 from ..kernels.resources import parse_cpus
 from ..models import FieldError, Run, RunRequest
+from ..notebooks.record import read_notebook
+from ..notebooks.service import NotebookEnvironments
 from ..runs.manager import RunManager
 from .environments import emit_json, emit_record, manager
 
@@ -200,7 +203,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs = services(args)
     out = sys.stderr if args.json else sys.stdout
 
+    # run NOTEBOOK.ipynb: on the environment the notebook was saved on
+    notebook = read_notebook(Path(args.dir)) if args.dir.endswith(".ipynb") else None
+
     async def go() -> Run:
+        if notebook is not None:
+            args.target.insert(0, args.dir)
+            loc = await notebooks_environment(runs, Path(args.dir), notebook)
+        else:
+            loc = runs.envs.location_of(Path(args.dir))
+        request = request_for(args, runs, loc.name)
         run = await runs.create(request, user=_os_user(), location=loc)
         if args.detach:
             # the preparation (a build, maybe) is shown; the run itself goes on without us
@@ -208,8 +220,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         return await follow(runs, run.id, out)
 
     try:
-        loc = runs.envs.location_of(Path(args.dir))
-        request = request_for(args, runs, loc.name)
         run = asyncio.run(go())
     finally:
         close(runs)
@@ -224,6 +234,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(summary(run, runs.workspace), file=sys.stderr)
     return 0 if args.detach and run.active else exit_code(run)
+
+
+async def notebooks_environment(runs: RunManager, path: Path, notebook: Any) -> Location:
+    """The environment a notebook was saved on (its metadata.docker_env record), when it is
+    here as recorded (or another environment here is); otherwise SystemExit saying what to do."""
+    comparison = await NotebookEnvironments(runs.envs).compare(str(path), notebook)
+    if comparison.state == "same" and comparison.env:
+        return runs.envs.locate(comparison.env)
+    if comparison.match is not None:
+        return runs.envs.locate(comparison.match.name)
+    choose = f"`jupyter docker-env run DIR {path}` runs it on the environment in DIR"
+    if comparison.state == "none":
+        raise SystemExit(f"error: {path}: {comparison.message} {choose}.")
+    raise SystemExit(
+        f"error: {path}: {comparison.message} `jupyter docker-env restore {path}` recreates "
+        f"the notebook's environment; or {choose}."
+    )
 
 
 def _os_user() -> str:
@@ -339,12 +366,15 @@ def register(sub: Any) -> None:
         "run",
         help="run a command or a notebook in an environment's container",
         usage="jupyter docker-env run DIR [options] -- CMD [ARGS...]\n"
-        "       jupyter docker-env run DIR NOTEBOOK.ipynb [-p NAME VALUE]... [options]",
+        "       jupyter docker-env run DIR NOTEBOOK.ipynb [-p NAME VALUE]... [options]\n"
+        "       jupyter docker-env run NOTEBOOK.ipynb [-p NAME VALUE]... [options]",
         description="Run a command (after --) or a notebook with parameters as a detached "
         "container of the environment in DIR, building the environment first when it is not "
-        "current. Without --detach, follow the log and exit with the run's exit code.",
+        "current. Without DIR, a notebook runs on the environment it was saved on (its "
+        "metadata.docker_env record). Without --detach, follow the log and exit with the run's "
+        "exit code.",
     )
-    r.add_argument("dir", help="the environment folder")
+    r.add_argument("dir", help="the environment folder (or the notebook, to run it on its own)")
     r.add_argument("target", nargs="*", metavar="NOTEBOOK.ipynb", help="the notebook to run")
     r.add_argument(
         "-p",
