@@ -15,13 +15,17 @@ from traitlets.config import Config, LoggingConfigurable
 
 from .environments.images import BuildSettings
 
+#: Where the host's own trust store is, by distribution family (Debian/Ubuntu/Alpine, RHEL/Fedora).
+SYSTEM_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+
 
 def ca_bundle_from_env() -> str:
-    """The CA bundle the host trusts, as pip and requests are told about it."""
+    """The CA bundle the host trusts: as pip and requests are told about it, else the system's
+    own (which holds a company's TLS-inspecting proxy CA wherever the host's tools trust it)."""
     for var in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
         if value := os.environ.get(var):
             return value
-    return ""
+    return next((path for path in SYSTEM_CA_BUNDLES if os.path.isfile(path)), "")
 
 
 def os_user() -> str:
@@ -116,8 +120,9 @@ class DockerEnvConfig(LoggingConfigurable):
     ca_bundle = Unicode(
         config=True,
         help="CA bundle file (PEM) copied into builds so pip and conda trust a TLS-inspecting "
-        "proxy. Defaults to the host's PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE. It is "
-        "never part of the environment's content hash.",
+        "proxy. Defaults to the host's PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE, else the "
+        "system's bundle (/etc/ssl/certs/ca-certificates.crt or "
+        "/etc/pki/tls/certs/ca-bundle.crt). It is never part of the environment's content hash.",
     )
     pip_index_url = Unicode(
         "",

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from jupyter_docker_env.config import ca_bundle_from_env
 from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.labels import MANAGED as LABEL_MANAGED
 from jupyter_docker_env.labels import label
@@ -42,10 +43,7 @@ JDE_PREFIX = os.environ.get("JDE_TEST_PREFIX", "jde-test")
 JDE_TEST_LABEL = label("test")
 JDE_SESSION = uuid.uuid4().hex[:12]
 JDE_TEST_LABELS = {JDE_TEST_LABEL: JDE_SESSION}
-CA_BUNDLE = next(
-    (v for k in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE") if (v := os.environ.get(k))),
-    None,
-)
+CA_BUNDLE = ca_bundle_from_env() or None
 
 
 def _docker_up() -> str:

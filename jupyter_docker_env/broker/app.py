@@ -146,7 +146,7 @@ class DockerEnvBroker(Application):
     ca_bundle = Unicode(
         config=True,
         help="CA bundle copied into builds (as c.DockerEnvApp.ca_bundle; default: the broker's "
-        "PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE).",
+        "PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE, else the system's bundle).",
     )
     pip_index_url = Unicode("", config=True, help="Package index for pip inside builds.")
     build_workers = Int(

@@ -186,6 +186,7 @@ def service_problems(spec: dict[str, Any]) -> list[str]:
             "Source": m.get("Source"),
             "Destination": m.get("Target"),
             "RW": not m.get("ReadOnly"),
+            "VolumeOptions": m.get("VolumeOptions"),
         }
         for m in container.get("Mounts") or []
         if m.get("Type") != "tmpfs"
