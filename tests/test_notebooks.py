@@ -91,6 +91,13 @@ async def built(jp_fetch: Any, name: str, base: str) -> dict[str, Any]:
     return await call(jp_fetch, f"envs/{name}")  # type: ignore[no-any-return]
 
 
+def command(cli: Cli, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`jupyter docker-env ARGS` in ``cwd``, as its user runs it."""
+    return subprocess.run(
+        [CLI, *args], cwd=cwd, env=cli.env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
 def forget(engine: Engine, image_id: str) -> None:
     """Remove an image with every tag, as on a machine that never had it."""
     engine.remove_image(image_id, force=True)
@@ -306,15 +313,7 @@ async def test_restore_from_the_command_line_builds_the_recorded_versions(
     cli = Cli(jde_tmp / "home", f'c.DockerEnvApp.default_base = "{jde_base_image}"\n')
 
     def restore(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CLI, "restore", "nb.ipynb", *args],
-            cwd=jp_root_dir,
-            env=cli.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        return command(cli, jp_root_dir, "restore", "nb.ipynb", *args)
 
     # When restore runs without a terminal to confirm on: nothing happens, it says why
     refused = restore("--json")
@@ -366,15 +365,7 @@ async def test_run_without_a_folder_runs_a_notebook_on_its_own_environment(
     cli = Cli(jde_tmp / "home", f'c.DockerEnvApp.default_base = "{jde_base_image}"\n')
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CLI, "run", *args],
-            cwd=jp_root_dir,
-            env=cli.env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
+        return command(cli, jp_root_dir, "run", *args)
 
     # When it is run without naming a folder
     out = run("nb.ipynb", "--json")

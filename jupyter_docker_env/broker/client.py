@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
 from traitlets import Float, Unicode, default
 from traitlets.config import SingletonConfigurable
 
@@ -133,16 +133,7 @@ class BrokerClient(SingletonConfigurable):
             header_callback=header,
             streaming_callback=chunk,
         )
-        try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except OSError as exc:
-            raise BrokerUnavailable(
-                f"the launch broker at {self.url} cannot be reached: {exc}"
-            ) from None
-        if response.code == 599:
-            raise BrokerUnavailable(
-                f"the launch broker at {self.url} cannot be reached: {response.error}"
-            )
+        response = await self._send(request)
         if response.code >= 300:
             self._answer(url, response.code, refusal.decode(errors="replace"))
 
@@ -158,6 +149,11 @@ class BrokerClient(SingletonConfigurable):
             request_timeout=self.timeout,
             connect_timeout=10,
         )
+        response = await self._send(request)
+        return self._answer(url, response.code, response.body.decode(errors="replace"))
+
+    async def _send(self, request: HTTPRequest) -> HTTPResponse:
+        """The broker's answer, whatever its status; BrokerUnavailable when there is none."""
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
         except (OSError, HTTPClientError) as exc:
@@ -168,4 +164,4 @@ class BrokerClient(SingletonConfigurable):
             raise BrokerUnavailable(
                 f"the launch broker at {self.url} cannot be reached: {response.error}"
             )
-        return self._answer(url, response.code, response.body.decode(errors="replace"))
+        return response
