@@ -629,10 +629,15 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
     assert serve_image(demo, "--tag", named)["built"] is False  # the same image, one more name
     assert cli.json("push", named)["pushed"] == [named]
 
-    # rm takes a serving image too
-    assert "removed" in cli("rm", ref).stdout
-    assert built["id"] not in {row["id"] for row in cli.json("list", "--serving")}
-    missing = cli("rm", ref, ok=False)
+    # rm takes a serving image too (one of its own: the module's image stays for other tests)
+    model = demo["model"].with_name("model-to-remove.json")
+    model.write_text(json.dumps({"weights": [1], "bias": 0, "run": RUN}))
+    other = serve_image({**demo, "model": model})
+    assert other["built"] is True and other["id"] != built["id"]
+    assert "removed" in cli("rm", other["image"]).stdout
+    assert other["id"] not in {row["id"] for row in cli.json("list", "--serving")}
+    assert built["id"] in {row["id"] for row in cli.json("list", "--serving")}
+    missing = cli("rm", other["image"], ok=False)
     assert missing.returncode == 1
     assert "is no serving image" in missing.stderr
     assert "Traceback" not in missing.stderr
