@@ -747,6 +747,50 @@ def test_a_training_run_goes_through_the_broker_too(
     assert any(e["action"] == "run.start" and e["user"] == ada for e in jde_hub.audit())
 
 
+def test_what_needs_an_engine_of_the_servers_own_says_so(
+    jde_hub: Hub, jde_kernels: dict[str, str]
+) -> None:
+    # Given ada's server, which has no Docker socket
+    ada, _ = USERS
+    files = {"model.json": "{}\n", "serve.py": "def predict(payload):\n    return payload\n"}
+    for path, text in files.items():
+        body = {"type": "file", "format": "text", "content": text}
+        assert jde_hub.server(ada, f"api/contents/{path}", "PUT", body).status_code in (200, 201)
+    # When she asks for a snapshot run, it ends failed, saying why
+    made = jde_hub.server(
+        ada,
+        "jupyter-docker-env/api/runs",
+        "POST",
+        {"env": "demo", "command": ["python", "-c", "pass"], "snapshot": True},
+    )
+    assert made.status_code == 201, made.text
+
+    def ended() -> Any:
+        run = jde_hub.server(ada, f"jupyter-docker-env/api/runs/{made.json()['id']}").json()
+        return run if run["state"] not in ("queued", "running") else None
+
+    run = _wait("the snapshot run", ended, seconds=120, every=0.5)
+    assert run["state"] == "failed"
+    assert "no Docker engine of its own" in run["reason"], run
+    # and a serving build ends failed in the same words
+    serving = jde_hub.server(
+        ada,
+        "jupyter-docker-env/api/envs/demo/serving",
+        "POST",
+        {"model": "model.json", "handler": "serve.py:predict"},
+    )
+    assert serving.status_code == 202, serving.text
+    op_path = f"jupyter-docker-env/api/operations/{serving.json()['id']}"
+
+    def built() -> Any:
+        op = jde_hub.server(ada, op_path).json()
+        return op if op["state"] not in ("queued", "running") else None
+
+    op = _wait("the serving build", built, seconds=120, every=0.5)
+    assert op["state"] == "failed"
+    assert "no Docker engine of its own" in op["error"], op
+
+
 def test_kernels_of_a_server_that_died_are_removed_by_the_broker(
     jde_hub: Hub, jde_kernels: dict[str, str], jde_engine: Engine
 ) -> None:

@@ -633,7 +633,8 @@ def test_serve_publishes_on_loopback_and_push_list_rm_take_serving_images(
     model = demo["model"].with_name("model-to-remove.json")
     model.write_text(json.dumps({"weights": [1], "bias": 0, "run": RUN}))
     other = serve_image({**demo, "model": model})
-    assert other["built"] is True and other["id"] != built["id"]
+    assert other["built"] is True
+    assert other["id"] != built["id"]
     assert "removed" in cli("rm", other["image"]).stdout
     assert other["id"] not in {row["id"] for row in cli.json("list", "--serving")}
     assert built["id"] in {row["id"] for row in cli.json("list", "--serving")}

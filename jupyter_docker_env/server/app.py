@@ -73,8 +73,12 @@ class DockerEnvApp(DockerEnvConfig, ExtensionApp):
             self.instance_id, root_dir, ksm, docker_host=self.docker_host, parent=self
         )
         self.environments.kernelspecs_synced.append(self.warm.specs_changed)
+        # The environment service's engine: on a hub's broker, one that says there is none here
         self.serving = self.serving_manager_class(
-            parent=self, settings=self, environments=self.environments, engine=self.engine
+            parent=self,
+            settings=self,
+            environments=self.environments,
+            engine=self.environments.engine,
         )
         self.notebooks = NotebookEnvironments(self.environments)
         if self.record_environment_in_notebooks:
