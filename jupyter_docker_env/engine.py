@@ -362,6 +362,7 @@ class Engine:
                 elif line.strip():
                     yield BuildEvent("line", line.strip(), step, total)
 
+        error = None  # reported once the stream ends: a step's last output may come after it
         try:
             for msg in stream:
                 if "stream" in msg:
@@ -371,9 +372,8 @@ class Engine:
                 yield from lines(partial)
                 partial = ""
                 if "error" in msg:
-                    yield BuildEvent("error", str(msg["error"]).strip(), step, total)
-                    return
-                if "aux" in msg and "ID" in msg["aux"]:
+                    error = error or BuildEvent("error", str(msg["error"]).strip(), step, total)
+                elif "aux" in msg and "ID" in msg["aux"]:
                     yield BuildEvent("image", str(msg["aux"]["ID"]))
                 elif "status" in msg and not msg.get("progressDetail"):
                     # pulling the base image: one line per layer state, not per chunk
@@ -381,6 +381,8 @@ class Engine:
                     line = f"{msg['id']}: {status}" if msg.get("id") else status
                     yield BuildEvent("line", line, step, total)
             yield from lines(partial)
+            if error is not None:
+                yield error
         except docker.errors.DockerException as exc:
             raise EngineUnavailable(_unavailable_reason(self.host, exc)) from exc
         finally:

@@ -3,9 +3,11 @@ the follower on recorded output; tests/test_builds.py proves the same on the rea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from jupyter_docker_env.engine import BuildEvent, _BuildKitProgress
+from jupyter_docker_env.engine import BuildEvent, Engine, _BuildKitProgress
 from jupyter_docker_env.environments.images import BuildSettings, ImageBuilder
 from jupyter_docker_env.operations import Operation, OperationFailed
 
@@ -120,3 +122,45 @@ def test_a_step_another_build_ran_at_the_same_time_is_named_by_the_summary() -> 
     ]
     assert parser.error is not None
     assert (parser.error.step, parser.error.total) == (3, 3)
+
+
+# The legacy builder's JSON stream for a failing apt step: stderr coloured write by write, a
+# stdout progress line that stderr interrupts before its newline, and a last line after the error.
+LEGACY = [
+    {"stream": "Step 1/2 : FROM base\n"},
+    {"stream": " ---> 0123456789ab\n"},
+    {"stream": "Step 2/2 : RUN apt-get install -y nope\n"},
+    {"stream": "Reading package lists...\nReading state information..."},
+    {"stream": "\x1b[91mE\x1b[0m\x1b[91m: \x1b[0m\x1b[91mUnable to locate package nope\n\x1b[0m"},
+    {"error": "The command '/bin/sh -c apt-get install -y nope' returned a non-zero code: 100"},
+    {"stream": "\x1b[91mE: a late line\n\x1b[0m"},
+]
+
+
+class _LegacyApi:
+    def build(self, **_: object) -> object:
+        return iter(LEGACY)
+
+
+class _LegacyClient:
+    api = _LegacyApi()
+
+
+def test_a_legacy_failure_keeps_the_tools_lines_however_the_engine_interleaves_them(
+    builder: ImageBuilder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the legacy builder's stream of a failing apt step (as above)
+    monkeypatch.setattr(Engine, "client", property(lambda self: _LegacyClient()))
+    (tmp_path / "Dockerfile").write_text("FROM base\nRUN apt-get install -y nope\n")
+    events = list(Engine()._build_legacy(str(tmp_path), str(tmp_path / "Dockerfile"), False, None))
+    # Then the error comes last, after every line the engine sent, also one sent after it
+    assert [e.kind for e in events][-1] == "error"
+    assert events[-2] == BuildEvent("line", "E: a late line", 2, 2)
+    # And the failure names the step and apt's own lines, one interrupted a progress line
+    op = Operation(env="x", kind="build")
+    with pytest.raises(OperationFailed) as err:
+        builder.follow(iter(events), op)
+    assert err.value.step == "Step 2/2: RUN apt-get install -y nope"
+    lines = str(err.value).splitlines()
+    assert "E: Unable to locate package nope" in lines
+    assert "E: a late line" in lines

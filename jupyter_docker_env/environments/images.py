@@ -8,6 +8,7 @@ Everything here blocks (it drives the engine) and runs in an operation's worker 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import tempfile
 import uuid
@@ -650,10 +651,15 @@ def _header(step: str) -> str:
     return step.replace(": ", " : ", 1)
 
 
+#: A tool's own error line (pip's ERROR:, apt's E:, the Dockerfile's own checks): at the start of
+#: a line, or after a progress message ("Reading state information...") whose stdout line the
+#: error, written to stderr, interrupted before its newline.
+_TOOL_ERROR = re.compile(r"(?:^|\.\.\.\s*)((?:ERROR:|E: |error:|docker-env:).*)")
+
+
 def _reason(lines: Iterable[str]) -> str:
-    """The tools' own error lines (pip's ERROR:, apt's E:, the Dockerfile's own checks)."""
-    errors = ("ERROR:", "E: ", "error:", "docker-env:")
-    return "\n".join(line for line in lines if line.startswith(errors))
+    """The tools' own error lines of a failed step's output."""
+    return "\n".join(m[1] for line in lines if (m := _TOOL_ERROR.search(line)))
 
 
 def _context_tree(folder: Path) -> dict[str, files.Entry]:
