@@ -1,4 +1,5 @@
-"""A kernel in a container passes the Jupyter kernel protocol's conformance suite.
+"""A kernel in a container passes the Jupyter kernel protocol's conformance suite, and papermill
+runs a parametrized notebook on it.
 
 jupyter_kernel_test is what kernel authors run to prove that a kernel speaks the protocol as
 frontends expect: execute with results, streams and errors, completion, inspection, history,
@@ -95,3 +96,44 @@ def test_a_containerized_kernel_passes_jupyter_kernel_test(
     skipped = {reason for _, reason in result.skipped}
     assert skipped <= {"History range not supported"}, report.getvalue()
     assert result.testsRun >= 12, report.getvalue()
+
+
+def test_papermill_runs_a_notebook_with_parameters_on_a_containerized_kernel(
+    jde_kernel_image: str, jde_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nbformat
+    import papermill
+
+    # Given a kernel spec on disk and a parametrized notebook in a workspace of the kernel's user
+    workspace = jde_tmp / "work"
+    workspace.mkdir()
+    (workspace / "data.txt").write_text("from the workspace\n")
+    kernels = jde_tmp / "share" / "kernels"
+    env = f"papermill-{uuid.uuid4().hex[:6]}"
+    config: dict[str, Any] = {"extra_labels": {JDE_TEST_LABEL: JDE_SESSION}}
+    kernelspecs.write(kernels, kernelspecs.kernel_json(env, jde_kernel_image, False, config))
+    monkeypatch.setenv("JUPYTER_PATH", str(kernels.parent))
+    nb = nbformat.v4.new_notebook(metadata={"language_info": {"name": "python"}})
+    nb.cells = [
+        nbformat.v4.new_code_cell("alpha = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(
+            "import os\nopen('out.txt', 'w').write(f'{alpha} {os.getuid()}')\n"
+            "print(open('data.txt').read().strip(), alpha * 2)"
+        ),
+    ]
+    nbformat.write(nb, workspace / "in.ipynb")
+    if os.geteuid() == 0:
+        for path in (workspace, *workspace.iterdir()):
+            os.chown(path, 1000, 1000)
+    # When papermill executes it on the environment's kernel with a parameter
+    out = papermill.execute_notebook(
+        str(workspace / "in.ipynb"),
+        str(jde_tmp / "out.ipynb"),
+        parameters={"alpha": 21},
+        kernel_name=kernelspecs.kernel_name(env),
+        cwd=str(workspace),
+    )
+    # Then the parameter was injected and the cells ran in the container, in the workspace
+    assert out.metadata.papermill.parameters == {"alpha": 21}
+    assert out.cells[2].outputs[0]["text"] == "from the workspace 42\n"
+    assert (workspace / "out.txt").read_text() == "21 1000"
