@@ -28,9 +28,9 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,16 @@ from tornado.httpclient import HTTPClient, HTTPRequest
 from traitlets.config import Config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kernel_start import first_reply, round_trips
+sys.path.insert(1, str(Path(__file__).parent.parent))
+from kernel_start import first_reply, round_trips  # the same measure
 
 from jupyter_docker_env import labels as L
-from jupyter_docker_env.broker.app import DockerEnvBroker
 from jupyter_docker_env.broker.client import BrokerClient
 from jupyter_docker_env.config import ca_bundle_from_env
 from jupyter_docker_env.engine import shared_engine
+from jupyter_docker_env.kernels import kernelspecs
+from tests.brokers import BASE_PATH, run_broker  # the broker as the tests run it
+from tests.conftest import jde_free_port
 
 USER, TOKEN, BROKER_TOKEN = "bench", "tok-bench", "tok-broker"
 KINDS = ("local", "broker")
@@ -62,15 +65,15 @@ class _Hub(web.RequestHandler):
         self.finish({"kind": "user", "name": USER, "admin": False, "groups": []})
 
 
-def start_broker(base: str, workspace: Path, run: str) -> tuple[str, Any]:
+def start_broker(base: str, workspace: Path, run: str) -> tuple[str, Callable[[], None]]:
     """The broker in its own thread and event loop; (its URL, a stop function)."""
-    hub_port, broker_port = free_port(), free_port()
+    hub_port, broker_port = jde_free_port(), jde_free_port()
     config = Config()
     config.DockerEnvBroker.update(
         hub_api_url=f"http://127.0.0.1:{hub_port}/hub/api",
         api_token=BROKER_TOKEN,
         bind_url=f"http://127.0.0.1:{broker_port}",
-        base_path="/services/broker/",
+        base_path=BASE_PATH,
         image_prefix=f"jde-bench-{run}",
         allowed_bases=[base],
         default_base=base,
@@ -83,45 +86,10 @@ def start_broker(base: str, workspace: Path, run: str) -> tuple[str, Any]:
         ca_bundle=ca_bundle_from_env(),
         reap_interval=0.0,
     )
-    app = DockerEnvBroker(config=config)
-    app.initialize([])
+    hub = web.Application([(r"/hub/api/user", _Hub), (r"/hub/api/users/([^/]+)", _Hub)])
+    _, url, stop = run_broker(config, hub, hub_port, broker_port)
     logging.getLogger("jupyter_docker_env.broker.audit").setLevel(logging.WARNING)  # one per start
-    ready, state = threading.Event(), {}
-
-    def serve() -> None:
-        async def main() -> None:
-            web.Application([(r"/hub/api/user", _Hub), (r"/hub/api/users/([^/]+)", _Hub)]).listen(
-                hub_port, "127.0.0.1"
-            )
-            state["loop"], state["task"] = asyncio.get_running_loop(), asyncio.current_task()
-            ready.set()
-            await app.serve()
-
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(main())
-        except asyncio.CancelledError:
-            pass
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-
-    def stop() -> None:
-        state["loop"].call_soon_threadsafe(state["task"].cancel)
-        thread.join(30)
-
-    return f"http://127.0.0.1:{broker_port}/services/broker/", stop
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return url, stop
 
 
 def call(url: str, method: str, path: str, body: Any = None) -> Any:
@@ -153,28 +121,15 @@ def build(url: str) -> str:
 
 
 def write_specs(root: Path, image: str, workspace: Path, run: str) -> None:
+    """A kernel spec for each kind, as the extension writes them; named docker-env-bench-KIND."""
     for kind in KINDS:
         config = {
-            "image": image,
-            "env_name": "bench",
             "workspace": str(workspace),
             "instance_id": f"bench-{kind}-{run}",
             "backend": kind,
             "warm": 0,
         }
-        spec = {
-            "argv": [],
-            "display_name": kind,
-            "language": "python",
-            "metadata": {
-                "kernel_provisioner": {
-                    "provisioner_name": "docker-env-provisioner",
-                    "config": config,
-                }
-            },
-        }
-        (root / kind).mkdir(parents=True)
-        (root / kind / "kernel.json").write_text(json.dumps(spec))
+        kernelspecs.write(root, kernelspecs.kernel_json(f"bench-{kind}", image, False, config))
 
 
 def summary(values: list[float]) -> str:
@@ -183,12 +138,13 @@ def summary(values: list[float]) -> str:
 
 async def measure(ksm: KernelSpecManager, cwd: str, n: int, executes: int) -> dict[str, Any]:
     starts: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    name = {kind: kernelspecs.kernel_name(f"bench-{kind}") for kind in KINDS}
     for kind in KINDS:  # one unmeasured start each: images, networks and sandboxes exist
-        await first_reply(ksm, kind, cwd, ready=False)
+        await first_reply(ksm, name[kind], cwd, ready=False)
     for i in range(n):
         for kind in KINDS[i % 2 :] + KINDS[: i % 2]:
-            starts[kind].append((await first_reply(ksm, kind, cwd, ready=False))["s"])
-    loops = {kind: await round_trips(ksm, kind, cwd, executes) for kind in KINDS}
+            starts[kind].append((await first_reply(ksm, name[kind], cwd, ready=False))["s"])
+    loops = {kind: await round_trips(ksm, name[kind], cwd, executes) for kind in KINDS}
     return {"starts": starts, "executes": loops}
 
 

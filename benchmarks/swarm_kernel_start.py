@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
-import json
 import os
 import statistics
 import subprocess
@@ -39,34 +38,26 @@ from jupyter_client.manager import AsyncKernelManager
 
 from jupyter_docker_env.containers.swarm import SwarmBackend
 from jupyter_docker_env.engine import shared_engine
+from jupyter_docker_env.kernels import kernelspecs
 from jupyter_docker_env.kernels.provisioner import backend_for, sweep_orphans
 
 CLUSTER = Path(__file__).resolve().parent.parent / "scripts" / "swarm-cluster.sh"
 INSTANCE = f"bench-swarm-{os.getpid()}"
 KINDS = ("local", "swarm/manager", "swarm/worker")
-PROVISIONER = "docker-env-provisioner"
+
+
+def env_of(kind: str) -> str:
+    return f"bench-{kind.replace('/', '-')}"
 
 
 def write_specs(root: Path, image: str, manager: str, worker: str) -> None:
+    """A kernel spec for each kind, as the extension writes them."""
     placements = {"local": None, "swarm/manager": manager, "swarm/worker": worker}
     for kind, host in placements.items():
-        config: dict[str, Any] = {"image": image, "env_name": "bench", "instance_id": INSTANCE}
+        config: dict[str, Any] = {"instance_id": INSTANCE}
         if host is not None:
             config |= {"backend": "swarm", "placement": [f"node.hostname=={host}"]}
-        spec = {
-            "argv": [],
-            "display_name": kind,
-            "language": "python",
-            "metadata": {
-                "kernel_provisioner": {
-                    "provisioner_name": "docker-env-provisioner",
-                    "config": config,
-                }
-            },
-        }
-        folder = root / kind.replace("/", "-")
-        folder.mkdir(parents=True)
-        (folder / "kernel.json").write_text(json.dumps(spec))
+        kernelspecs.write(root, kernelspecs.kernel_json(env_of(kind), image, False, config))
 
 
 async def start_to_reply(
@@ -127,7 +118,7 @@ async def round_trips(
 
 
 async def measure(ksm: KernelSpecManager, cwd: str, n: int, executes: int) -> None:
-    names = {kind: kind.replace("/", "-") for kind in KINDS}
+    names = {kind: kernelspecs.kernel_name(env_of(kind)) for kind in KINDS}
     first: dict[str, float] = {}
     for kind in KINDS:  # network sandboxes, the overlay: made once per instance
         first[kind], km = await start_to_reply(ksm, names[kind], cwd)

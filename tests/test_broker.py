@@ -9,7 +9,6 @@ workspace, the user's own network, limits within the user's quota.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -19,7 +18,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from jupyter_docker_env.engine import Engine
 from jupyter_docker_env.environments.broker import BrokerEnvironmentManager
 from jupyter_docker_env.models import BuildOptions
 
+from .brokers import BASE_PATH, run_broker
 from .conftest import CA_BUNDLE, JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, jde_free_port
 
 pytestmark = pytest.mark.docker
@@ -135,7 +134,7 @@ def jde_broker(jde_engine: Engine, jde_base_image: str) -> Iterator[Running]:
         hub_api_url=f"http://127.0.0.1:{hub_port}/hub/api",
         api_token=BROKER_TOKEN,
         bind_url=f"http://127.0.0.1:{broker_port}",
-        base_path="/services/broker/",
+        base_path=BASE_PATH,
         image_prefix=PREFIX,
         allowed_bases=[jde_base_image],
         default_base=jde_base_image,
@@ -149,43 +148,12 @@ def jde_broker(jde_engine: Engine, jde_base_image: str) -> Iterator[Running]:
         ca_bundle=CA_BUNDLE or "/etc/ssl/certs/ca-certificates.crt",
         reap_interval=0.0,
     )
-    app = DockerEnvBroker(config=config)
-    app.initialize([])
+    app, url, stop = run_broker(config, fake_hub(), hub_port, broker_port)
     audit: list[str] = []
-    handler = _Audit(audit)
+    handler = _Audit(audit)  # after the app set up its audit log
     logging.getLogger("jupyter_docker_env.broker.audit").addHandler(handler)
-    started = threading.Event()
-    state: dict[str, Any] = {}
-
-    def run() -> None:
-        async def main() -> None:
-            fake_hub().listen(hub_port, "127.0.0.1")
-            state["loop"] = asyncio.get_running_loop()
-            state["task"] = asyncio.current_task()
-            started.set()
-            await app.serve()
-
-        with_cancel = asyncio.new_event_loop()
-        try:
-            with_cancel.run_until_complete(main())
-        except asyncio.CancelledError:
-            pass
-        finally:
-            with_cancel.close()
-
-    thread = threading.Thread(target=run, name="jde-test-broker", daemon=True)
-    thread.start()
-    assert started.wait(30)
-    url = f"http://127.0.0.1:{broker_port}/services/broker/"
-    for _ in range(100):
-        try:
-            requests.get(f"{url}api/whoami", timeout=2)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.05)
     yield Running(url, app, workspaces, audit)
-    state["loop"].call_soon_threadsafe(state["task"].cancel)
-    thread.join(30)
+    stop()
     logging.getLogger("jupyter_docker_env.broker.audit").removeHandler(handler)
     remove_users_things(jde_engine, list(TOKENS.values()), NETWORKS)
     shutil.rmtree(workspaces, ignore_errors=True)
