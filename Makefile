@@ -10,6 +10,10 @@ export PATH := $(abspath $(BIN)):$(PATH)
 unexport VIRTUAL_ENV
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
+# Engine, registry and base image up; JDE_BASE_IMAGE is the base image's reference. A plain
+# assignment, so that a failing `make docker` stops the recipe (-e, pipefail) instead of leaving
+# an empty reference behind.
+DOCKER_UP = base=$$(bash scripts/docker-up.sh | tail -n 1); export JDE_BASE_IMAGE=$$base;
 FRONTEND := $(wildcard labextension/src/*.ts labextension/src/*.tsx labextension/src/components/*) labextension/package.json labextension/yarn.lock
 
 .PHONY: lab test docker install lint pytest browser clean bench mutants
@@ -44,19 +48,19 @@ lint: install
 
 ## test: lint, then every test against the real engine and a real browser
 test: install lint browser
-	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) $(BIN)/pytest $(PYTEST_ARGS)
+	$(DOCKER_UP) $(BIN)/pytest $(PYTEST_ARGS)
 
 ## mutants: put each safety fault of scripts/mutants.py into the code in turn, run the tests that
 ## must catch it, and print the kill rate (not part of `make test`; MUTANTS_ARGS="--only hash")
 mutants: install
-	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) $(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
+	$(DOCKER_UP) $(BIN)/python scripts/mutants.py $(MUTANTS_ARGS)
 
 ## lab: JupyterLab on a workspace with an example environment on the local base image
 lab: install
-	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) bash scripts/lab.sh
+	$(DOCKER_UP) bash scripts/lab.sh
 
 bench: install
-	JDE_BASE_IMAGE=$$(bash scripts/docker-up.sh | tail -n 1) && export JDE_BASE_IMAGE && \
+	$(DOCKER_UP) \
 	$(BIN)/python benchmarks/build_cache.py && $(BIN)/python benchmarks/kernel_start.py
 
 clean:

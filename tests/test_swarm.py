@@ -48,7 +48,15 @@ from jupyter_docker_env.models import BuildOptions, RunRequest
 from jupyter_docker_env.runs.manager import RunManager
 
 from .audit.jde_confinement import RELAY_DIR
-from .conftest import JDE_PREFIX, JDE_SESSION, JDE_TEST_LABEL, REPO, check_inside, jde_build_image
+from .conftest import (
+    JDE_PREFIX,
+    JDE_SESSION,
+    JDE_TEST_LABEL,
+    REPO,
+    check_inside,
+    jde_build_image,
+    jde_cannot,
+)
 from .test_provisioner import (  # the same kernel specs and workspace, on another back end
     KernelSpecFactory,
     exit_code,
@@ -79,19 +87,13 @@ class Swarm:
 
 
 # -- the two-node Swarm ----------------------------------------------------------------------
-def _cannot(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def jde_swarm(jde_engine: Engine) -> Iterator[Swarm]:
     if os.geteuid() != 0:
-        _cannot("a two-node Swarm on one machine needs root (a network namespace, a dockerd)")
+        jde_cannot("a two-node Swarm on one machine needs root (a network namespace, a dockerd)")
     for tool in ("ip", "nsenter", "unshare", "dockerd", "docker-registry"):
         if shutil.which(tool) is None:
-            _cannot(f"{tool} is missing: the two-node Swarm needs it (scripts/swarm-cluster.sh)")
+            jde_cannot(f"{tool} is missing: the two-node Swarm needs it (scripts/swarm-cluster.sh)")
     # One test Swarm per machine at a time: another session's swarm tests finish first.
     with open(Path(tempfile.gettempdir()) / "jde-swarm-test.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
