@@ -480,17 +480,25 @@ def host_files(engine: Engine, container_id: str) -> list[Path]:
     ]
 
 
+async def kernel_with_files(
+    jde_kernel: Callable[..., Any], engine: Engine
+) -> tuple[AsyncKernelManager, DockerEnvProvisioner, str, list[Path]]:
+    """A started kernel, its provisioner, its container and the host folders of its files."""
+    km = await jde_kernel()
+    prov = provisioner(km)
+    container = str(prov.container_id)
+    files = host_files(engine, container)
+    assert files
+    assert all(f.is_dir() for f in files)
+    return km, prov, container, files
+
+
 @pytest.mark.docker
 async def test_wait_alone_collects_the_container_of_a_kernel_that_ended(
     jde_kernel: Callable[..., Any], jde_engine: Engine
 ) -> None:
     # Given a kernel that ended on its own (cold: its own container; warm: a pool's)
-    km = await jde_kernel()
-    prov = provisioner(km)
-    container = str(prov.container_id)
-    files = host_files(jde_engine, container)
-    assert files
-    assert all(f.is_dir() for f in files)
+    km, prov, container, files = await kernel_with_files(jde_kernel, jde_engine)
     kc = km.client()
     kc.start_channels()
     await kc.wait_for_ready(timeout=60)
@@ -509,12 +517,7 @@ async def test_cleanup_alone_removes_the_container_of_a_kernel_never_waited_for(
     jde_kernel: Callable[..., Any], jde_engine: Engine
 ) -> None:
     # Given a running kernel (as when jupyter_client's wait for a killed kernel timed out)
-    km = await jde_kernel()
-    prov = provisioner(km)
-    container = str(prov.container_id)
-    files = host_files(jde_engine, container)
-    assert files
-    assert all(f.is_dir() for f in files)
+    km, prov, container, files = await kernel_with_files(jde_kernel, jde_engine)
     # When only cleanup() runs (no wait())
     await prov.cleanup(restart=False)
     # Then it removed the container, its files, and gave its ports back
