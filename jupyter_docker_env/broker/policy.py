@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from .. import labels as L
 from ..containers import ContainerFile, ContainerRequest
-from ..environments.spec import ENV_KEY_RE, NAME_MAX, NAME_RE, image_reference
+from ..environments.spec import ENV_KEY_RE, NAME_MAX, NAME_RE, image_reference, repository_of
 from ..kernels.resources import human_size, parse_cpus, parse_memory
 from ..models import BuildOptions, EnvSpec, FieldError
 
@@ -106,7 +106,6 @@ class Limits:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-_COUNTS = ("gpus", "pids", "kernels", "runs", "builds", "images")
 _AT_LEAST_ONE = ("pids",)
 
 
@@ -275,13 +274,6 @@ def env_name(name: str) -> bool:
 
 
 # -- images ----------------------------------------------------------------------------------
-def repository_of(ref: str) -> str:
-    """``host:5000/team/py:3.12@sha256:…`` → ``host:5000/team/py``."""
-    name = ref.split("@", 1)[0]
-    head, sep, tail = name.rpartition(":")
-    return head if sep and "/" not in tail else name
-
-
 def base_allowed(ref: str, allowed: Sequence[str]) -> bool:
     """Whether ``ref`` is on the allow-list. An entry ending in ``/`` allows every image under
     that registry or path; an entry with a tag or digest allows exactly that reference; an entry

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from ..config import load_settings
+from ..config import load_settings, os_user
 from ..containers.placement import working_dir_in
 from ..environments.manager import Location
 from ..kernels.resources import parse_cpus
@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             loc = runs.envs.location_of(Path(args.dir))
         request = request_for(args, runs, loc.name)
-        run = await runs.create(request, user=_os_user(), location=loc)
+        run = await runs.create(request, user=os_user(), location=loc)
         if args.detach:
             # the preparation (a build, maybe) is shown; the run itself goes on without us
             return await follow(runs, run.id, sys.stderr, until_started=True)
@@ -251,12 +251,6 @@ async def notebooks_environment(runs: RunManager, path: Path, notebook: Any) -> 
         f"error: {path}: {comparison.message} `jupyter docker-env restore {path}` recreates "
         f"the notebook's environment; or {choose}."
     )
-
-
-def _os_user() -> str:
-    from ..config import os_user
-
-    return os_user()
 
 
 def _ago(when: float | None) -> str:
@@ -321,7 +315,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     runs = services(args)
     try:
-        run = asyncio.run(runs.cancel(args.id, wait=True, by=_os_user()))
+        run = asyncio.run(runs.cancel(args.id, wait=True, by=os_user()))
     finally:
         close(runs)
     print(summary(run, runs.workspace))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import getpass
 import io
 import os
 import random
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from .. import labels as L
+from ..config import os_user
 from ..engine import APIError, Engine, NotFound
 from . import ContainerError, ContainerRequest, ContainerState, Launched, hardening
 
@@ -60,13 +60,6 @@ class _Sandbox:
     ip: str = ""
     ports: set[int] = field(default_factory=set)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-def os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 
 
 class LocalBackend:

@@ -53,9 +53,9 @@ from traitlets import Bool, Dict, Enum, Float, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .. import labels as L
+from ..config import os_user
 from ..engine import APIError, Engine, EngineError
 from . import ContainerError, ContainerRequest, ContainerState, Launched, hardening
-from .local import os_user
 
 #: Task states before the container has stopped (the manager's view).
 _LIVE = {

@@ -113,6 +113,13 @@ def check_name(name: Any) -> str:
     return name
 
 
+def repository_of(ref: str) -> str:
+    """``host:5000/team/py:3.12@sha256:…`` → ``host:5000/team/py`` (the tag and digest dropped)."""
+    name = ref.split("@", 1)[0]
+    head, sep, tail = name.rpartition(":")
+    return head if sep and "/" not in tail else name
+
+
 def image_reference(ref: str) -> bool:
     """True when Docker takes ``ref`` as an image ([HOST[:PORT]/]PATH[:TAG][@DIGEST])."""
     match = IMAGE_RE.fullmatch(ref)

@@ -25,7 +25,7 @@ from jsonschema.exceptions import best_match
 from .. import labels as L
 from ..environments import lock
 from ..environments.images import ImageBuilder, Plan, spec_files
-from ..environments.spec import SPEC_FILE, SpecError, detect_kind
+from ..environments.spec import SPEC_FILE, SpecError, detect_kind, repository_of
 from ..models import FieldError, Lock
 
 SCHEMA_FILE = Path(__file__).with_name("notebook-metadata.schema.json")
@@ -63,8 +63,7 @@ class RegistryImage:
 
     @property
     def repository(self) -> str:
-        head, sep, tail = self.image.rpartition(":")
-        return head if sep and "/" not in tail else self.image
+        return repository_of(self.image)
 
     @property
     def pinned(self) -> str:

@@ -26,7 +26,15 @@ import tomli_w
 
 from ..environments import files, lock
 from ..environments.images import BuildSettings, ImageBuilder
-from ..environments.spec import APT_RE, IMAGE_RE, SPEC_FILE, SpecError, check_base_allowed, load
+from ..environments.spec import (
+    APT_RE,
+    IMAGE_RE,
+    SPEC_FILE,
+    SpecError,
+    check_base_allowed,
+    load,
+    repository_of,
+)
 from ..kernels.kernelspecs import kernel_name
 from ..models import BuildOptions, BuildResult, EnvSpec, FieldError, Lock, RestorePlan
 from ..operations import Operation
@@ -144,17 +152,10 @@ def _checked_lock(recorded: Lock | None, spec: EnvSpec) -> Lock | None:
             f"the lock was made on {base.image!r} but the spec names {spec.base!r}",
         )
     if base.digest and (
-        not IMAGE_RE.match(base.digest) or base.digest.split("@")[0] != repository(spec.base)
+        not IMAGE_RE.match(base.digest) or base.digest.split("@")[0] != repository_of(spec.base)
     ):
         return replace(recorded, base=replace(base, digest=""))  # not the spec's base: never pull
     return recorded
-
-
-def repository(ref: str) -> str:
-    """``host:port/path:tag`` → ``host:port/path``."""
-    name = ref.split("@", 1)[0]
-    head, sep, tail = name.rpartition(":")
-    return head if sep and "/" not in tail else name
 
 
 def sources(record: NotebookEnv, registry: str) -> list[str]:

@@ -94,11 +94,10 @@ def build(
             shutil.copy2(folder / rel, target)
         (context / "code").mkdir(exist_ok=True)
         uid, gid = owner
-        label_line = " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in labels.items())
         (context / "Dockerfile").write_text(
             f"FROM {base_image}\n"
             f"COPY --chown={uid}:{gid} {json.dumps(['code/', str(folder) + '/'])}\n"
-            f"LABEL {label_line}\n"
+            + L.label_instruction(labels)
         )
         image_id = None
         for event in engine.build(str(context), str(context / "Dockerfile"), "legacy"):
