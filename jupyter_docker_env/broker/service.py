@@ -37,7 +37,7 @@ from ..containers.local import LocalBackend
 from ..engine import APIError, Engine, NotFound
 from ..environments import lock
 from ..environments.images import BuildSettings, ImageBuilder
-from ..environments.spec import SpecError, image_reference, load
+from ..environments.spec import SpecError, image_reference, load, repository_of
 from ..kernels.resources import human_size
 from ..operations import Operation, OperationFailed, OperationManager
 from .identity import HubUsers
@@ -55,7 +55,6 @@ from .policy import (
     env_name,
     in_namespace,
     instance_label,
-    repository_of,
     user_key,
 )
 
@@ -388,7 +387,7 @@ class Broker:
             return result
 
         async def after(op: Operation) -> None:
-            shutil.rmtree(folder.parent, ignore_errors=True)
+            await self.engine.run(shutil.rmtree, folder.parent, True)
             self.audit(who, "build.finished", f"{intent.namespace}/{intent.name}", op.state)
 
         op = self.operations.start(f"{intent.namespace}/{intent.name}", "build", work, after=after)
@@ -508,14 +507,14 @@ class Broker:
             attrs = await self.engine.run(self.engine.inspect_container, server.container_id)
             if attrs is None:
                 continue
-            try:
-                await self.engine.run(self.engine.connect_network, network, server.container_id)
-            except APIError as exc:
-                if "already exists" not in str(exc):  # joined at an earlier launch
-                    raise
-            addresses = {
-                n.get("IPAddress") for n in (attrs["NetworkSettings"]["Networks"] or {}).values()
-            }
+            networks = attrs["NetworkSettings"]["Networks"] or {}
+            if network not in networks:  # not joined at an earlier launch
+                try:
+                    await self.engine.run(self.engine.connect_network, network, server.container_id)
+                except APIError as exc:
+                    if "already exists" not in str(exc):  # joined meanwhile, by another launch
+                        raise
+            addresses = {n.get("IPAddress") for n in networks.values()}
             if peer and peer in addresses:
                 caller = str(attrs["Id"])
         return caller

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .. import __version__
+from .. import labels as L
 from ..broker.client import BrokerClient, BrokerError, BrokerUnavailable, quoted
 from ..engine import Engine, EngineUnavailable
 from ..models import (
@@ -139,7 +140,7 @@ class BrokerImageBuilder(ImageBuilder):
                         tags=tags,
                         size=int(row["size"]),
                         created=int(row["created"]),
-                        gpu=row["labels"].get("org.jupyter.docker-env.gpu") == "true",
+                        gpu=row["labels"].get(L.GPU) == "true",
                     )
                 )
         return sorted(rows, key=lambda r: (r.name, -r.created))

@@ -337,7 +337,7 @@ class RunManager(LoggingConfigurable):
             "first (or pulling it, when the registry has it)",
         )
         op = self.envs.build(loc, BuildOptions())
-        self._follow_build(run.id, op)
+        await self._blocking(self._follow_build, run.id, op)
         wake = self._wake.setdefault(run.id, asyncio.Event())
         built = asyncio.ensure_future(op.wait())
         stopped = asyncio.ensure_future(wake.wait())
@@ -361,13 +361,14 @@ class RunManager(LoggingConfigurable):
         return result.image, result.image_id, result.spec_hash, bool(env.spec and env.spec.gpu)
 
     def _follow_build(self, run_id: str, op: Operation) -> None:
-        """The build's log in the run's log (a build already running is joined from its start)."""
+        """The build's log in the run's log (a build already running is joined from its start,
+        its backlog written at once). Blocking."""
 
         def listener(_: Operation, line: str) -> None:
             self.store.append_log(run_id, f"[build] {line}\n")
 
-        for line in list(op.log):
-            listener(op, line)
+        if backlog := "".join(f"[build] {line}\n" for line in list(op.log)):
+            self.store.append_log(run_id, backlog)
         op.listeners.append(listener)
 
     def _snapshot(self, run: Run, image_id: str) -> str:
