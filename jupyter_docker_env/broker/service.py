@@ -250,14 +250,14 @@ class Broker:
         rows, bases, _ = await self.engine.run(self._listing, who, everyone)
         return {"images": [r.to_json() for r in rows], "bases": bases}
 
-    def usage(self, who: Identity) -> tuple[int, int]:
-        """(environments with images, bytes they add to their bases) in the user's namespace.
-        Blocking."""
+    def usage(self, who: Identity) -> tuple[set[str], int]:
+        """(the repositories of the environments with images, bytes they add to their bases) in
+        the user's namespace. Blocking."""
         namespace = self.policy.namespace(who)
         listed, _, sizes = self._listing(who, False)
         rows = [r for r in listed if r.namespace == namespace]
         envs = {repository_of(t) for r in rows for t in r.tags}
-        return len(envs), sum(added_size(r, sizes) for r in rows)
+        return envs, sum(added_size(r, sizes) for r in rows)
 
     async def delete_images(self, who: Identity, name: str, namespace: str = "") -> list[str]:
         """Remove an environment's images from the user's namespace (an admin: any)."""
@@ -310,13 +310,11 @@ class Broker:
 
     async def _check_quota(self, who: Identity, intent: BuildIntent, limits: Any) -> None:
         envs, used = await self.engine.run(self.usage, who)
-        exists = await self.engine.run(
-            self.engine.images, None, f"{intent.namespace}/{intent.name}"
-        )
-        if not exists and envs >= limits.images:
+        exists = f"{intent.namespace}/{intent.name}" in envs
+        if not exists and len(envs) >= limits.images:
             raise Refused(
                 403,
-                f"you have images of {envs} environments (your limit is {limits.images}): "
+                f"you have images of {len(envs)} environments (your limit is {limits.images}): "
                 "delete environments you no longer need first",
             )
         if used >= limits.disk:

@@ -176,8 +176,8 @@ class ServingBuilder:
         op.emit(f"Reading {request.folder}")
         plan = self.images.operation_plan(request.folder, op)
         env_ref, env_image, lock = self.environment_image(plan)
-        base = self._base(lock)
-        key = self._hash(env_image.id, base, request)
+        base, base_id = self._base(lock)
+        key = self._hash(env_image.id, base_id, request)
         ref = f"{self.repository(plan.spec.name)}:{key[:16]}"
         op.emit(f"Serving image of {plan.spec.name} ({env_ref}): {ref}")
         if not request.no_cache and self.engine.inspect_image(ref) is not None:
@@ -265,27 +265,26 @@ class ServingBuilder:
             )
         return ref, image, lock
 
-    def _base(self, lock: Lock) -> str:
-        """A reference to exactly the base the environment was built on."""
+    def _base(self, lock: Lock) -> tuple[str, str]:
+        """A reference to exactly the base the environment was built on, and its image id."""
         base = lock.base
         if base is None:
             raise OperationFailed("the environment's lock names no base image: build it again")
         for ref in (base.image, base.digest):
             found = self.engine.inspect_image(ref) if ref else None
             if found is not None and (not base.id or found["Id"] == base.id):
-                return ref
+                return ref, str(found["Id"])
         raise OperationFailed(
             f"the base image {base.image} ({base.id[:19]}) that the environment was built on is "
             "no longer on this engine: pull it again, or rebuild the environment",
             step="base",
         )
 
-    def _hash(self, env_image_id: str, base: str, request: ServingRequest) -> str:
+    def _hash(self, env_image_id: str, base_id: str, request: ServingRequest) -> str:
         # The code that decides what the image holds: a new version of it builds anew.
         code = hashlib.sha256()
         for file in sorted([*RUNTIME.glob("*.py"), *(HERE / f for f in RECIPE_FILES)]):
             code.update(file.name.encode() + b"\0" + file.read_bytes())
-        base_id = (self.engine.inspect_image(base) or {}).get("Id", "")
         inputs = {
             "code": code.hexdigest(),
             "env_image": env_image_id,
